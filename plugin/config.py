@@ -1,0 +1,159 @@
+"""Network configuration models (pydantic v2).
+
+Field names follow the JSON the runtime passes (camelCase, as in the CNI spec and the
+reference plugins). Unknown keys are ignored, as the spec asks of plugins; a bad value is
+rejected with code 7 and the path of the field in the message.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from plugin.protocol import Address, CniError, Code, Network, Result
+
+DEFAULT_DATA_DIR = "/var/lib/cni/networks"
+DEFAULT_STATE_DIR = "/var/lib/ferry"
+DEFAULT_LOG_FILE = "/var/log/ferry/ferry.log"
+VETH_HASH_CHARS = 11  # as the AWS VPC CNI: prefix + 11 hex chars of sha1, <= 15 chars in all
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+
+class IPRange(_Model):
+    subnet: Network
+    range_start: Address | None = Field(None, alias="rangeStart")
+    range_end: Address | None = Field(None, alias="rangeEnd")
+    gateway: Address | None = None
+
+    @field_validator("subnet", mode="before")
+    @classmethod
+    def _subnet(cls, v: Any) -> Any:
+        # host-local accepts a subnet written with host bits ("10.1.0.1/24").
+        return ipaddress.ip_network(v, strict=False) if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _inside(self) -> IPRange:
+        for name in ("range_start", "range_end", "gateway"):
+            ip = getattr(self, name)
+            if ip is not None and ip not in self.subnet:
+                raise ValueError(f"{name} {ip} is outside subnet {self.subnet}")
+        if self.subnet.num_addresses < (4 if self.subnet.version == 4 else 2):
+            raise ValueError(f"subnet {self.subnet} is too small to hold a pod and a gateway")
+        return self
+
+
+class RouteConf(_Model):
+    dst: Network
+    gw: Address | None = None
+
+
+class DNSConf(_Model):
+    nameservers: list[str] = []
+    domain: str = ""
+    search: list[str] = []
+    options: list[str] = []
+
+
+class IPAMConfig(_Model):
+    type: str
+    ranges: list[list[IPRange]] = []
+    # The older single-range form of host-local.
+    subnet: Network | None = None
+    range_start: Address | None = Field(None, alias="rangeStart")
+    range_end: Address | None = Field(None, alias="rangeEnd")
+    gateway: Address | None = None
+    routes: list[RouteConf] = []
+    data_dir: str = Field(DEFAULT_DATA_DIR, alias="dataDir")
+    resolv_conf: str | None = Field(None, alias="resolvConf")
+
+    @model_validator(mode="after")
+    def _range_sets(self) -> IPAMConfig:
+        if self.type not in ("host-local", "ferry-host-local"):
+            return self  # a delegated IPAM plugin validates its own config
+        if self.subnet is not None:
+            legacy = IPRange(subnet=self.subnet, rangeStart=self.range_start,
+                             rangeEnd=self.range_end, gateway=self.gateway)
+            self.ranges = [[legacy], *self.ranges]
+        if not self.ranges or any(not rs for rs in self.ranges):
+            raise ValueError("at least one non-empty range set is required")
+        seen: list[IPRange] = []
+        for rs in self.ranges:
+            families = {r.subnet.version for r in rs}
+            if len(families) > 1:
+                raise ValueError("a range set mixes IPv4 and IPv6 ranges")
+            for r in rs:
+                for other in seen:
+                    if r.subnet.overlaps(other.subnet):
+                        raise ValueError(f"range {r.subnet} overlaps {other.subnet}")
+                seen.append(r)
+        return self
+
+    @property
+    def builtin(self) -> bool:
+        return self.type in ("host-local", "ferry-host-local")
+
+
+class LogConfig(_Model):
+    file: str = DEFAULT_LOG_FILE
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    max_bytes: int = Field(10 * 1024 * 1024, alias="maxBytes", ge=4096)
+    backups: int = Field(3, ge=0, le=20)
+
+
+class IPAMArgs(_Model):
+    ips: list[ipaddress.IPv4Interface | ipaddress.IPv6Interface | Address] = []
+
+
+class NetConf(_Model):
+    cni_version: str = Field(alias="cniVersion")
+    name: str
+    type: str = "ferry"
+    ipam: IPAMConfig
+    mtu: int = Field(1500, ge=576, le=65535)
+    dataplane: Literal["auto", "ebpf", "iptables", "none"] = "auto"
+    node_ip: Address | None = Field(None, alias="nodeIP")
+    snat_exclude_cidrs: list[Network] = Field([], alias="snatExcludeCidrs")
+    veth_prefix: str = Field("fry", alias="vethPrefix", min_length=1,
+                             max_length=15 - VETH_HASH_CHARS, pattern=r"^[a-zA-Z][a-zA-Z0-9]*$")
+    state_dir: str = Field(DEFAULT_STATE_DIR, alias="stateDir")
+    log: LogConfig = LogConfig()
+    dns: DNSConf | None = None
+    prev_result: dict[str, Any] | None = Field(None, alias="prevResult")
+    runtime_config: dict[str, Any] = Field({}, alias="runtimeConfig")
+    args: dict[str, Any] = {}
+
+    @property
+    def requested_ips(self) -> list[Address]:
+        """IPs asked for by runtimeConfig.ips or args.cni.ips (the spec's conventions)."""
+        raw = list(self.runtime_config.get("ips") or [])
+        cni_args = self.args.get("cni") if isinstance(self.args, dict) else None
+        if isinstance(cni_args, dict):
+            raw += list(cni_args.get("ips") or [])
+        return [to_address(v) for v in raw]
+
+    def prev(self) -> Result | None:
+        return Result.from_dict(self.prev_result) if self.prev_result else None
+
+
+def to_address(value: Any) -> Address:
+    try:
+        return ipaddress.ip_interface(str(value)).ip
+    except ValueError:
+        raise CniError(Code.INVALID_CONFIG, "invalid requested IP", str(value)) from None
+
+
+def parse(model: type[_Model], data: dict[str, Any]) -> Any:
+    """Validate `data`, turning pydantic's errors into CNI code 7 naming the field."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "config"
+        raise CniError(Code.INVALID_CONFIG, f"invalid network config: {where}: {first['msg']}",
+                       "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}"
+                                 for x in e.errors())) from None

@@ -1,0 +1,168 @@
+"""ADD, DEL, CHECK, STATUS and GC: the one implementation, run in-process by the `ferry`
+binary (standalone mode) or by the node agent on the binary's behalf.
+
+ADD keeps an undo stack: every step that changed the host pushes its inverse, and any failure
+unwinds the stack in reverse, so a failed ADD leaves the host as it found it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from plugin import ipam, wiring
+from plugin import log as logging_setup
+from plugin.config import NetConf, parse
+from plugin.dataplane import select
+from plugin.log import log
+from plugin.protocol import CniError, Code, IPConfig, Request, Result
+from plugin.state import Attachment, StateStore
+
+VALID_ATTACHMENTS = "cni.dev/valid-attachments"
+
+
+def run(req: Request) -> dict[str, Any] | None:
+    """Execute one validated request; the returned dict (if any) is printed as the result."""
+    conf: NetConf = parse(NetConf, req.config)
+    logging_setup.setup(conf.log)
+    started = time.monotonic()
+    ctx = {"cmd": req.command, "container": req.container_id, "ifname": req.ifname,
+           "network": conf.name}
+    try:
+        out = _COMMANDS[req.command](conf, req)
+    except CniError as e:
+        log.warning("%s failed: %s", req.command, e, extra={**ctx, "code": e.code})
+        raise
+    log.info("%s ok", req.command,
+             extra={**ctx, "ms": round((time.monotonic() - started) * 1000, 1)})
+    return out
+
+
+def host_veth(conf: NetConf, req: Request) -> str:
+    return wiring.host_veth_name(conf.veth_prefix, req.container_id, req.ifname, req.k8s_pod)
+
+
+def add(conf: NetConf, req: Request) -> dict[str, Any]:
+    states = StateStore(conf.state_dir, conf.name)
+    if states.load(req.container_id, req.ifname) is not None:
+        raise CniError(Code.INVALID_ENV, "container is already attached to this network",
+                       f"{req.container_id}/{req.ifname}: DEL it first")
+    att = Attachment(container_id=req.container_id, ifname=req.ifname, netns=req.netns,
+                     host_veth=host_veth(conf, req),
+                     k8s_pod=list(req.k8s_pod) if req.k8s_pod else None)
+    undo: list[Callable[[], None]] = []
+    try:
+        states.save(att)
+        undo.append(lambda: states.remove(att.container_id, att.ifname))
+        allocated = ipam.add(conf, req)
+        undo.append(lambda: ipam.release(conf, req))
+        ips = [IPConfig(ip.address, ip.gateway, interface=1) for ip in allocated.ips]
+        if not ips:
+            raise CniError(Code.INVALID_CONFIG, "IPAM returned no IP addresses")
+        att.ips = [str(ip.address) for ip in ips]
+        states.save(att)
+
+        undo.append(lambda: wiring.teardown(att.netns, att.ifname, att.host_veth))
+        links = wiring.setup(req.netns, req.ifname, att.host_veth, conf.mtu, ips,
+                             allocated.routes)
+
+        dataplane = select(conf)
+        dataplane.attach(conf, att)
+        undo.append(lambda: dataplane.detach(conf, att))
+
+        dns = conf.dns.model_dump(exclude_defaults=True) if conf.dns else allocated.dns
+        result = Result(interfaces=[links.host, links.container], ips=ips,
+                        routes=wiring.result_routes(ips, allocated.routes), dns=dns)
+        out = result.to_dict(conf.cni_version)
+        att.result, att.complete = out, True
+        states.save(att)
+        return out
+    except BaseException as failure:
+        _unwind(undo, failure)
+        raise
+
+
+def _unwind(undo: list[Callable[[], None]], failure: BaseException) -> None:
+    for step in reversed(undo):
+        try:
+            step()
+        except Exception:  # keep unwinding: the original failure is what the runtime sees
+            log.exception("rollback step failed after: %s", failure)
+
+
+def delete(conf: NetConf, req: Request) -> None:
+    """Tear down by the attachment record; without one, by the deterministic names."""
+    states = StateStore(conf.state_dir, conf.name)
+    att = states.load(req.container_id, req.ifname) or Attachment(
+        container_id=req.container_id, ifname=req.ifname, netns=req.netns,
+        host_veth=host_veth(conf, req))
+    select(conf).detach(conf, att)
+    wiring.teardown(req.netns or att.netns, req.ifname, att.host_veth)
+    ipam.release(conf, req)
+    states.remove(req.container_id, req.ifname)
+    return None
+
+
+def check(conf: NetConf, req: Request) -> None:
+    prev = conf.prev()
+    if prev is None:
+        raise CniError(Code.INVALID_CONFIG, "CHECK needs prevResult")
+    idx = next((i for i, itf in enumerate(prev.interfaces)
+                if itf.name == req.ifname and itf.sandbox), None)
+    if idx is None:
+        raise CniError(Code.CHECK_FAILED, f"prevResult has no container interface {req.ifname}")
+    mine = Result(ips=[ip for ip in prev.ips if ip.interface == idx], routes=prev.routes)
+    states = StateStore(conf.state_dir, conf.name)
+    att = states.load(req.container_id, req.ifname)
+    if att is None or not att.complete:
+        raise CniError(Code.UNKNOWN_CONTAINER, "ferry has no attachment for this container",
+                       f"{req.container_id}/{req.ifname}")
+    wiring.check(req.netns, req.ifname, att.host_veth, conf.mtu, mine)
+    ipam.check(conf, req, [ip.address.ip for ip in mine.ips])
+    return None
+
+
+def status(conf: NetConf, req: Request) -> None:
+    if conf.ipam.builtin:
+        from plugin.ipam.allocator import Allocator
+
+        try:
+            full = Allocator(conf.ipam, conf.name).exhausted_sets()
+        except OSError as e:
+            raise CniError(Code.NOT_AVAILABLE, "IPAM data directory is not usable",
+                           str(e)) from None
+        if full:
+            raise CniError(Code.NOT_AVAILABLE, "no free IP addresses", "; ".join(full))
+    return None
+
+
+def gc(conf: NetConf, req: Request) -> None:
+    """Remove every attachment of this network that the runtime no longer lists as valid."""
+    raw = req.config.get(VALID_ATTACHMENTS) or []
+    try:
+        valid = {(a["containerID"], a["ifname"]) for a in raw}
+    except (TypeError, KeyError):
+        raise CniError(Code.INVALID_CONFIG, f"malformed {VALID_ATTACHMENTS}") from None
+    states = StateStore(conf.state_dir, conf.name)
+    dataplane = select(conf)
+    for att in states.all():
+        if (att.container_id, att.ifname) in valid:
+            continue
+        log.info("gc: removing stale attachment", extra={"container": att.container_id,
+                                                         "ifname": att.ifname})
+        dataplane.detach(conf, att)
+        wiring.teardown(att.netns, att.ifname, att.host_veth)
+        states.remove(att.container_id, att.ifname)
+    if conf.ipam.builtin:
+        from plugin.ipam.allocator import Allocator
+
+        freed = Allocator(conf.ipam, conf.name).gc(valid)
+        if freed:
+            log.info("gc: released %d IPs", len(freed), extra={"ips": [str(i) for i in freed]})
+    return None
+
+
+_COMMANDS: dict[str, Callable[[NetConf, Request], dict[str, Any] | None]] = {
+    "ADD": add, "DEL": delete, "CHECK": check, "STATUS": status, "GC": gc,
+}

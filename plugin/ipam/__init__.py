@@ -1,0 +1,76 @@
+"""IPAM for ferry: the built-in host-local allocator, or any IPAM plugin exec'd from CNI_PATH.
+
+`host-local` and `ferry-host-local` run in-process (same on-disk store as the reference
+plugin); any other `ipam.type` is exec'd the way the reference plugins delegate.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+from plugin.config import NetConf, to_address
+from plugin.ipam.allocator import Allocator
+from plugin.protocol import Address, CniError, Code, Request, Result
+
+DELEGATE_TIMEOUT_S = 30
+
+
+def requested_ips(conf: NetConf, req: Request) -> list[Address]:
+    """runtimeConfig.ips, args.cni.ips and CNI_ARGS IP=a,b (host-local's conventions)."""
+    extra = [to_address(v) for v in req.args.get("IP", "").split(",") if v]
+    return conf.requested_ips + extra
+
+
+def add(conf: NetConf, req: Request) -> Result:
+    if conf.ipam.builtin:
+        return Allocator(conf.ipam, conf.name).allocate(req.container_id, req.ifname,
+                                                        requested_ips(conf, req))
+    out = _delegate(conf, req, "ADD")
+    return Result.from_dict(out or {})
+
+
+def release(conf: NetConf, req: Request) -> None:
+    if conf.ipam.builtin:
+        Allocator(conf.ipam, conf.name).release(req.container_id, req.ifname)
+    else:
+        _delegate(conf, req, "DEL")
+
+
+def check(conf: NetConf, req: Request, ips: list[Address]) -> None:
+    if not conf.ipam.builtin:
+        _delegate(conf, req, "CHECK")
+        return
+    held = set(Allocator(conf.ipam, conf.name).held(req.container_id, req.ifname))
+    missing = [str(ip) for ip in ips if ip not in held]
+    if missing:
+        raise CniError(Code.CHECK_FAILED, "IPAM holds no reservation for the container's IPs",
+                       ", ".join(missing))
+
+
+def _delegate(conf: NetConf, req: Request, command: str) -> dict | None:
+    plugin = _find(conf.ipam.type, req.path)
+    env = {**os.environ, **req.to_env(), "CNI_COMMAND": command}
+    try:
+        proc = subprocess.run([plugin], input=json.dumps(req.config).encode(), env=env,
+                              capture_output=True, timeout=DELEGATE_TIMEOUT_S, check=False)
+    except subprocess.TimeoutExpired:
+        raise CniError(Code.TRY_AGAIN_LATER, f"IPAM plugin {conf.ipam.type} timed out") from None
+    out = json.loads(proc.stdout) if proc.stdout.strip() else None
+    if proc.returncode != 0:
+        err = out if isinstance(out, dict) else {}
+        raise CniError(int(err.get("code", Code.INTERNAL)),
+                       f"IPAM plugin {conf.ipam.type}: {err.get('msg', 'failed')}",
+                       err.get("details", proc.stderr.decode(errors="replace")[-500:]))
+    return out
+
+
+def _find(plugin_type: str, path: list[str]) -> str:
+    for d in path:
+        candidate = Path(d) / plugin_type
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    raise CniError(Code.INVALID_CONFIG, f"IPAM plugin {plugin_type!r} not found in CNI_PATH",
+                   ":".join(path))

@@ -1,0 +1,188 @@
+"""host-local IPAM semantics: range sets, round-robin, requested IPs, release by container.
+
+The candidate order is the reference plugin's: start after `last_reserved_ip.N` (or at the
+first range's start), walk each range from rangeStart to rangeEnd, wrap around the range set,
+and skip each range's gateway. Gateways default to the subnet's first address, rangeStart to
+the address after the network address, rangeEnd to the last address (minus the broadcast
+address for IPv4).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from plugin.config import IPAMConfig, IPRange
+from plugin.ipam.store import Store
+from plugin.protocol import Address, CniError, Code, IPConfig, Result, Route
+
+
+@dataclass(frozen=True)
+class Span:
+    """A range with its defaults filled in, as integers for cheap iteration."""
+
+    subnet: ipaddress.IPv4Network | ipaddress.IPv6Network
+    start: int
+    end: int
+    gateway: Address
+
+    @classmethod
+    def of(cls, r: IPRange) -> Span:
+        net = r.subnet
+        last = int(net.broadcast_address) - (1 if net.version == 4 else 0)
+        start = int(r.range_start) if r.range_start else int(net.network_address) + 1
+        end = int(r.range_end) if r.range_end else last
+        gateway = r.gateway or net.network_address + 1
+        if start > end:
+            raise CniError(Code.INVALID_CONFIG, f"rangeStart is after rangeEnd in {net}")
+        return cls(net, start, end, gateway)
+
+    def __contains__(self, ip: Address) -> bool:
+        return ip.version == self.subnet.version and self.start <= int(ip) <= self.end
+
+    def config(self, ip: Address) -> IPConfig:
+        return IPConfig(address=ipaddress.ip_interface(f"{ip}/{self.subnet.prefixlen}"),
+                        gateway=self.gateway)
+
+
+def _addr(version: int, value: int) -> Address:
+    return ipaddress.IPv4Address(value) if version == 4 else ipaddress.IPv6Address(value)
+
+
+def candidates(spans: list[Span], last: Address | None) -> Iterator[tuple[Span, Address]]:
+    """Every allocatable IP of a range set once, starting after `last` (round-robin)."""
+    first, offset = 0, None
+    if last is not None:
+        for i, s in enumerate(spans):
+            if last in s:
+                first, offset = i, int(last) + 1
+                break
+    for k in range(len(spans) + 1):
+        i = (first + k) % len(spans)
+        s = spans[i]
+        lo, hi = s.start, s.end
+        if k == 0 and offset is not None:
+            lo = offset          # the tail of the starting range...
+        elif k == len(spans):
+            if offset is None:
+                return
+            hi = offset - 1      # ...and, after wrapping, its head
+        for value in range(lo, hi + 1):
+            ip = _addr(s.subnet.version, value)
+            if ip != s.gateway:
+                yield s, ip
+
+
+class Allocator:
+    def __init__(self, conf: IPAMConfig, network: str) -> None:
+        self.conf = conf
+        self.store = Store(conf.data_dir, network)
+        self.range_sets = [[Span.of(r) for r in rs] for rs in conf.ranges]
+
+    def allocate(self, container_id: str, ifname: str, requested: list[Address]) -> Result:
+        """One IP from every range set (the requested one where given), all or nothing."""
+        unmatched = list(requested)
+        ips: list[IPConfig] = []
+        with self.store.locked() as store:
+            held = store.owned_by(container_id, ifname)
+            try:
+                for idx, spans in enumerate(self.range_sets):
+                    if any(ip in s for ip in held for s in spans):
+                        raise CniError(Code.IP_UNAVAILABLE, "duplicate allocation is not allowed",
+                                       f"{container_id}/{ifname} already holds "
+                                       f"{', '.join(map(str, held))}; DEL it first")
+                    want = [ip for ip in unmatched if any(ip in s for s in spans)]
+                    if len(want) > 1:
+                        raise CniError(Code.INVALID_CONFIG, "more than one requested IP in a "
+                                       "range set", ", ".join(map(str, want)))
+                    if want:
+                        unmatched.remove(want[0])
+                        ips.append(self._take(store, idx, spans, want[0], container_id, ifname))
+                    else:
+                        ips.append(self._next(store, idx, spans, container_id, ifname))
+                if unmatched:
+                    raise CniError(Code.IP_UNAVAILABLE, "requested IP is not in any range",
+                                   ", ".join(map(str, unmatched)))
+            except BaseException:
+                for ipc in ips:
+                    store.release(ipc.address.ip)
+                raise
+        return Result(ips=ips, routes=[Route(dst=r.dst, gw=r.gw) for r in self.conf.routes],
+                      dns=read_resolv_conf(self.conf.resolv_conf))
+
+    @staticmethod
+    def _take(store: Store, idx: int, spans: list[Span], ip: Address, cid: str,
+              ifname: str) -> IPConfig:
+        span = next(s for s in spans if ip in s)
+        if ip == span.gateway or not store.reserve(ip, cid, ifname, idx):
+            raise CniError(Code.IP_UNAVAILABLE, f"requested IP address {ip} is not available",
+                           f"range set {idx}")
+        return span.config(ip)
+
+    @staticmethod
+    def _next(store: Store, idx: int, spans: list[Span], cid: str, ifname: str) -> IPConfig:
+        for span, ip in candidates(spans, store.last_reserved(idx)):
+            if store.reserve(ip, cid, ifname, idx):
+                return span.config(ip)
+        raise CniError(Code.IPAM_EXHAUSTED, "no IP addresses available in range set",
+                       ", ".join(str(s.subnet) for s in spans))
+
+    def release(self, container_id: str, ifname: str) -> list[Address]:
+        with self.store.locked() as store:
+            return store.release_owned_by(container_id, ifname)
+
+    def held(self, container_id: str, ifname: str) -> list[Address]:
+        with self.store.locked() as store:
+            return store.owned_by(container_id, ifname)
+
+    def gc(self, valid: set[tuple[str, str]]) -> list[Address]:
+        """Release every reservation of this network not held by a valid attachment."""
+        valid_ids = {cid for cid, _ in valid}
+        freed = []
+        with self.store.locked() as store:
+            for ip, (cid, ifname) in store.reservations().items():
+                keep = (cid, ifname) in valid if ifname else cid in valid_ids
+                if not keep and self._mine(ip):
+                    store.release(ip)
+                    freed.append(ip)
+        return freed
+
+    def _mine(self, ip: Address) -> bool:
+        return any(ip in s for spans in self.range_sets for s in spans)
+
+    def exhausted_sets(self) -> list[str]:
+        """The range sets (as text) that have no free address left."""
+        full = []
+        with self.store.locked() as store:
+            taken = set(store.reservations())
+            for spans in self.range_sets:
+                if not any(ip not in taken for _, ip in candidates(spans, None)):
+                    full.append(", ".join(str(s.subnet) for s in spans))
+        return full
+
+
+def read_resolv_conf(path: str | None) -> dict[str, object]:
+    """The DNS section of a result from a resolv.conf file, as host-local builds it."""
+    if not path:
+        return {}
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as e:
+        raise CniError(Code.IO_FAILURE, f"cannot read resolvConf {path}", str(e)) from None
+    dns: dict[str, list[str] | str] = {}
+    for line in lines:
+        words = line.split("#", 1)[0].split()
+        if not words:
+            continue
+        key, rest = words[0], words[1:]
+        if key == "nameserver" and rest:
+            dns.setdefault("nameservers", []).append(rest[0])  # type: ignore[union-attr]
+        elif key == "domain" and rest:
+            dns["domain"] = rest[0]
+        elif key == "search":
+            dns["search"] = rest
+        elif key == "options":
+            dns.setdefault("options", []).extend(rest)  # type: ignore[union-attr]
+    return dns

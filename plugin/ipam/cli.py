@@ -1,0 +1,45 @@
+"""`ferry-host-local`: ferry's host-local IPAM as a standalone CNI IPAM plugin.
+
+Any plugin (the reference ptp or bridge, say) can use it as `"ipam": {"type":
+"ferry-host-local", ...}`; its on-disk store is shared with the reference host-local.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from plugin.cli import serve
+from plugin.protocol import Request
+
+
+def _ipam(req: Request) -> dict[str, Any] | None:
+    from plugin import ipam
+    from plugin.config import NetConf, parse
+    from plugin.engine import VALID_ATTACHMENTS
+    from plugin.ipam.allocator import Allocator
+
+    conf: NetConf = parse(NetConf, req.config)
+    if req.command == "ADD":
+        return ipam.add(conf, req).to_dict(conf.cni_version)
+    if req.command == "DEL":
+        ipam.release(conf, req)
+    elif req.command == "CHECK":
+        prev = conf.prev()
+        ipam.check(conf, req, [ip.address.ip for ip in prev.ips] if prev else [])
+    elif req.command == "GC":
+        valid = {(a["containerID"], a["ifname"]) for a in req.config.get(VALID_ATTACHMENTS, [])}
+        Allocator(conf.ipam, conf.name).gc(valid)
+    elif req.command == "STATUS":
+        from plugin.engine import status
+
+        status(conf, req)
+    return None
+
+
+def main() -> None:
+    sys.exit(serve(_ipam))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# One-shot node/CI set-up for ferry on Debian 12 (run as root):
+#  - Debian packages: iproute2, iptables, the reference CNI plugins (peers in the tests),
+#    bcc (python3-bpfcc), bpftool, iperf3 and Debian's kernel headers for bcc;
+#  - /lib/modules/$(uname -r)/{build,source} pointing at those headers, because the running
+#    kernel ships none and bcc refuses to compile without them;
+#  - a venv (with system site-packages, so `import bcc` works) holding ferry and its deps;
+#  - the CNI binaries linked into /opt/cni/bin.
+set -euo pipefail
+cd "$(dirname "$(readlink -f "$0")")/.."
+
+PKGS=(iproute2 iptables containernetworking-plugins linux-headers-amd64 python3-bpfcc
+      bpfcc-tools bpftool iperf3 iputils-ping python3-venv python3-pip util-linux procps kmod)
+missing=()
+for p in "${PKGS[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# Kernel headers layout for bcc (see DESIGN.md: Debian's 6.1 headers work for tc programs).
+kdir=/lib/modules/$(uname -r)
+mkdir -p "$kdir"
+build=$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -1)
+common=$(ls -d /usr/src/linux-headers-*-common 2>/dev/null | sort -V | tail -1)
+[[ -e $kdir/build ]] || ln -sfn "$build" "$kdir/build"
+[[ -e $kdir/source ]] || ln -sfn "$common" "$kdir/source"
+
+# bpffs, where the eBPF dataplane pins its programs and maps.
+mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
+
+# The venv uses Debian's python3 because python3-bpfcc is built for it.
+if [[ ! -x .venv/bin/python ]]; then
+    /usr/bin/python3 -m venv --system-site-packages .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e '.[test]'
+
+# The runtime looks for plugins in CNI_PATH; install ours next to the reference ones.
+mkdir -p /opt/cni/bin
+for bin in ferry ferry-host-local; do
+    ln -sfn "$PWD/.venv/bin/$bin" "/opt/cni/bin/$bin"
+done
+for ref in /usr/lib/cni/*; do
+    [[ -e /opt/cni/bin/$(basename "$ref") ]] || ln -s "$ref" /opt/cni/bin/
+done
+echo "ferry set-up done: $(.venv/bin/python --version), binaries in /opt/cni/bin"
