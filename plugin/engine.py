@@ -63,9 +63,11 @@ def add(conf: NetConf, req: Request) -> dict[str, Any]:
         att.ips = [str(ip.address) for ip in ips]
         states.save(att)
 
-        undo.append(lambda: wiring.teardown(att.netns, att.ifname, att.host_veth))
+        # setup removes what it made if it fails; tearing down by name before it succeeded
+        # would delete a same-named link that was there before us.
         links = wiring.setup(req.netns, req.ifname, att.host_veth, conf.mtu, ips,
                              allocated.routes)
+        undo.append(lambda: wiring.teardown(att.netns, att.ifname, att.host_veth))
 
         dataplane = select(conf)
         dataplane.attach(conf, att)

@@ -85,8 +85,12 @@ def _sysctl(path: str, value: str) -> None:
 
 def setup(netns_path: str, ifname: str, host_veth: str, mtu: int, ips: list[IPConfig],
           routes: list[Route]) -> PodLinks:
-    """Create and address the veth pair. The caller removes it (teardown) if this raises."""
-    families = {ip.address.version for ip in ips}
+    """Create and address the veth pair, all or nothing.
+
+    If this raises, the pair it created is gone again, and a link it did not create (an
+    interface of the same name already in the container, or on the host) is left untouched:
+    the caller must not tear down by name after a failed setup.
+    """
     with netns(netns_path) as pod, IPRoute() as host:
         if _index(pod, ifname) is not None:
             raise CniError(Code.INVALID_ENV, f"interface {ifname} already exists in the "
@@ -101,32 +105,57 @@ def setup(netns_path: str, ifname: str, host_veth: str, mtu: int, ips: list[IPCo
         finally:
             os.close(fd)
         host_idx = _index(host, host_veth)
-        pod_idx = _index(pod, ifname)
-        assert host_idx is not None and pod_idx is not None
-        host_mac = _mac(host, host_idx)
-        if 6 in families:
-            # The host veth's link-local address must be usable at once for neighbour
-            # discovery towards the pod; there is nothing on a fresh veth to collide with.
-            _sysctl(f"ipv6/conf/{host_veth}/accept_dad", "0")
-            _sysctl("ipv6/conf/all/forwarding", "1")
-        if 4 in families:
-            _sysctl("ipv4/ip_forward", "1")
-        host.link("set", index=host_idx, state="up")
-        pod.link("set", index=pod_idx, state="up")
+        assert host_idx is not None
+        try:
+            return _configure(pod, host, netns_path, ifname, host_veth, host_idx, mtu, ips,
+                              routes)
+        except BaseException:
+            # Deleting one end removes the pair, wherever the peer is.
+            with contextlib.suppress(Exception):
+                _ignore_gone(host.link, "del", index=host_idx)
+            raise
 
-        for ip in ips:
-            if ip.gateway is None:
-                raise CniError(Code.INVALID_CONFIG, f"IPAM gave {ip.address} no gateway",
-                               "point-to-point wiring routes everything via the gateway")
-            _configure_pod_ip(pod, pod_idx, ip, host_mac)
-        for route in _pod_routes(ips, routes):
-            gw = route.gw or _gateway_for(ips, route.dst.version)
+
+def _configure(pod: IPRoute, host: IPRoute, netns_path: str, ifname: str, host_veth: str,
+               host_idx: int, mtu: int, ips: list[IPConfig], routes: list[Route]) -> PodLinks:
+    """Bring the fresh pair up and address and route both sides."""
+    families = {ip.address.version for ip in ips}
+    pod_idx = _index(pod, ifname)
+    assert pod_idx is not None
+    host_mac = _mac(host, host_idx)
+    if 6 in families:
+        # The host veth's link-local address must be usable at once for neighbour
+        # discovery towards the pod; there is nothing on a fresh veth to collide with.
+        _sysctl(f"ipv6/conf/{host_veth}/accept_dad", "0")
+        _sysctl("ipv6/conf/all/forwarding", "1")
+    if 4 in families:
+        _sysctl("ipv4/ip_forward", "1")
+    host.link("set", index=host_idx, state="up")
+    pod.link("set", index=pod_idx, state="up")
+
+    for ip in ips:
+        if ip.gateway is None:
+            raise CniError(Code.INVALID_CONFIG, f"IPAM gave {ip.address} no gateway",
+                           "point-to-point wiring routes everything via the gateway")
+        _configure_pod_ip(pod, pod_idx, ip, host_mac)
+    for route in _pod_routes(ips, routes):
+        gw = route.gw or _gateway_for(ips, route.dst.version)
+        try:
             pod.route("add", dst=str(route.dst), gateway=str(gw), oif=pod_idx,
                       proto=RTPROT_STATIC)
-        for ip in ips:
-            host.route("add", dst=f"{ip.address.ip}/{ip.address.max_prefixlen}", oif=host_idx,
-                       scope=RT_SCOPE_LINK, proto=RTPROT_STATIC)
-        pod_mac = _mac(pod, pod_idx)
+        except NetlinkError as e:
+            if e.code != errno.ENETUNREACH:
+                raise
+            # The pod's only on-link neighbours are its gateways: a route via anything else
+            # is a config error (an IPAM route whose gw is not a gateway of the pod).
+            raise CniError(Code.INVALID_CONFIG,
+                           f"cannot add route {route.dst} via {gw} in the container",
+                           f"gateway {gw} is not on-link (only the pod's gateways are)") \
+                from None
+    for ip in ips:
+        host.route("add", dst=f"{ip.address.ip}/{ip.address.max_prefixlen}", oif=host_idx,
+                   scope=RT_SCOPE_LINK, proto=RTPROT_STATIC)
+    pod_mac = _mac(pod, pod_idx)
     return PodLinks(host=Interface(name=host_veth, mac=host_mac, mtu=mtu),
                     container=Interface(name=ifname, mac=pod_mac, sandbox=netns_path, mtu=mtu))
 
