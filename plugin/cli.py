@@ -12,7 +12,15 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from plugin.protocol import LATEST_VERSION, CniError, Code, Request, parse_request, version_info
+from plugin.protocol import (
+    LATEST_VERSION,
+    CniError,
+    Code,
+    Request,
+    parse_request,
+    reply_version,
+    version_info,
+)
 
 Handler = Callable[[Request], "dict[str, Any] | None"]
 
@@ -22,8 +30,8 @@ def serve(handler: Handler) -> int:
     version = LATEST_VERSION
     try:
         stdin = b"" if os.environ.get("CNI_COMMAND") == "VERSION" else sys.stdin.buffer.read()
+        version = reply_version(stdin)
         req = parse_request(os.environ, stdin)
-        version = req.cni_version if req.config.get("cniVersion") else LATEST_VERSION
         if req.command == "VERSION":
             _emit(version_info())
             return 0

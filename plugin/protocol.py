@@ -190,6 +190,16 @@ def _decode(stdin: bytes, require_object: bool) -> Any:
     return data
 
 
+def reply_version(stdin: bytes) -> str:
+    """The cniVersion an error carries: the config's (as the spec asks) when this plugin speaks
+    it, else the latest; also for errors found before the request is fully validated."""
+    try:
+        version = json.loads(stdin).get("cniVersion")
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        return LATEST_VERSION
+    return version if version in SUPPORTED_VERSIONS else LATEST_VERSION
+
+
 def version_info() -> dict[str, Any]:
     return {"cniVersion": LATEST_VERSION, "supportedVersions": list(SUPPORTED_VERSIONS)}
 
