@@ -10,7 +10,8 @@ set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")/.."
 
 PKGS=(iproute2 iptables containernetworking-plugins linux-headers-amd64 python3-bpfcc
-      bpfcc-tools bpftool iperf3 iputils-ping python3-venv python3-pip util-linux procps kmod)
+      bpfcc-tools bpftool iperf3 iputils-ping python3-venv python3-pip util-linux procps kmod
+      podman runc busybox-static)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
