@@ -1,0 +1,477 @@
+"""ADD+DEL wall time per pod: ferry against the reference Go plugins, side by side in one run.
+
+    sudo .venv/bin/python bench/add_del.py [--iterations 30] [--pods 50] [--dual]
+
+Modes (the letters stay stable so that later runs can be compared with earlier ones):
+  (a) ferry standalone  the ferry binary, built-in host-local IPAM, no node agent
+  (b) ferry + ferryd    the binary relaying to the node agent: not implemented yet. The mode is
+                        listed and reported as not run; nothing stands in for it.
+  (c) reference         /usr/lib/cni/ptp with /usr/lib/cni/host-local IPAM
+
+Both are exec'd exactly as a container runtime does it: from the node's network namespace
+(`nsenter --net=<node>`), CNI_* in the environment, the network config on stdin, cniVersion
+1.0.0 (the newest version the reference plugins know).
+
+Sequential phase: one sample = `ip netns add <pod>`, ADD, DEL, `ip netns del <pod>`. The modes
+alternate sample by sample (ABBA order), so machine noise hits them alike; a few warm-up
+samples per mode are not counted.
+Parallel phase: N pods, `--parallel` (8) at a time: create netns + ADD for all of them, then
+DEL + delete netns for all of them; wall time of each half and in total.
+
+IPv4 only by default: with an IPv6 range the reference ptp waits for duplicate address
+detection on the pod's address (about 1.5 s per ADD), which would swamp what is measured here.
+`--dual` measures dual stack anyway (ferry skips DAD: IFA_F_NODAD).
+
+Everything lives in namespaces with a random suffix and a temporary directory; all of it is
+removed at exit, also on error or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+CNI_VERSION = "1.0.0"
+CNI_BIN = Path("/opt/cni/bin")
+REFERENCE_DIR = Path("/usr/lib/cni")
+NETNS_DIR = Path("/run/netns")
+TIMEOUT_S = 60
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+# --- the simulated node -----------------------------------------------------------------------
+
+
+def sh(*argv: str) -> None:
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
+    if proc.returncode != 0:
+        raise BenchError(f"{' '.join(argv)}: exit {proc.returncode}: {proc.stderr.strip()}")
+
+
+class Node:
+    """A node network namespace plus a work directory; tracks every pod netns it made."""
+
+    def __init__(self) -> None:
+        self.suffix = secrets.token_hex(3)
+        self.name = f"fbench-{self.suffix}-node"
+        self.work = Path(tempfile.mkdtemp(prefix=f"ferry-bench-{self.suffix}-"))
+        self.pods: set[str] = set()
+        self._created = False
+
+    def create(self) -> None:
+        sh("ip", "netns", "add", self.name)
+        self._created = True
+        sh("ip", "-n", self.name, "link", "set", "lo", "up")
+
+    def pod_netns(self, seq: int) -> str:
+        return f"fbench-{self.suffix}-p{seq}"
+
+    def add_pod(self, name: str) -> None:
+        self.pods.add(name)  # tracked first: a half-made netns is still cleaned up
+        sh("ip", "netns", "add", name)
+
+    def del_pod(self, name: str) -> None:
+        sh("ip", "netns", "del", name)
+        self.pods.discard(name)
+
+    def links(self) -> list[str]:
+        out = subprocess.run(["ip", "-n", self.name, "-o", "link", "show"], capture_output=True,
+                             text=True, timeout=TIMEOUT_S, check=True).stdout
+        return [line.split(":")[1].strip().split("@")[0] for line in out.splitlines()]
+
+    def cleanup(self) -> None:
+        for name in sorted(self.pods) + ([self.name] if self._created else []):
+            subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
+        self.pods.clear()
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
+# --- the modes ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Mode:
+    key: str
+    label: str
+    binary: Path
+    subnet4: str
+    subnet6: str
+
+    @property
+    def network(self) -> str:
+        return f"bench-{self.key}"
+
+    def unavailable(self) -> str | None:
+        """Why this mode cannot run here, or None."""
+        if not os.access(self.binary, os.X_OK):
+            return f"{self.binary} is not installed"
+        return None
+
+    def start(self, node: Node) -> None:
+        """Bring up what the mode needs on the node before the first sample."""
+
+    def stop(self, node: Node) -> None:
+        """Undo start(); called even when the run failed."""
+
+    def netconf(self, node: Node, dual: bool) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def ipam(self, node: Node, dual: bool) -> dict[str, Any]:
+        ranges = [[{"subnet": self.subnet4}]]
+        if dual:
+            ranges.append([{"subnet": self.subnet6}])
+        return {"type": "host-local", "dataDir": str(node.work / "ipam"), "ranges": ranges}
+
+    def ipam_files(self, node: Node) -> list[str]:
+        """Reservation files left in the IPAM dataDir (lock and last_reserved_ip.N aside)."""
+        d = node.work / "ipam" / self.network
+        if not d.is_dir():
+            return []
+        return sorted(p.name for p in d.iterdir()
+                      if p.name != "lock" and not p.name.startswith("last_reserved_ip."))
+
+
+@dataclass
+class FerryStandalone(Mode):
+    def netconf(self, node: Node, dual: bool) -> dict[str, Any]:
+        return {"cniVersion": CNI_VERSION, "name": self.network, "type": "ferry", "mtu": 1500,
+                "stateDir": str(node.work / "state"),
+                "log": {"file": str(node.work / "ferry.log")},
+                "ipam": self.ipam(node, dual)}
+
+
+@dataclass
+class FerryWithAgent(FerryStandalone):
+    """Hook for mode (b). When the node agent exists: start() runs ferryd inside the node
+    netns with its socket and state under node.work, waits for it to serve, and stop() ends it;
+    netconf() points the binary at that socket. Until then the mode is reported as not run.
+    Note: mode (a) must then make sure the binary does *not* find an agent (standalone)."""
+
+    def unavailable(self) -> str | None:
+        return "node agent ferryd is not implemented yet"
+
+
+@dataclass
+class Reference(Mode):
+    def netconf(self, node: Node, dual: bool) -> dict[str, Any]:
+        return {"cniVersion": CNI_VERSION, "name": self.network, "type": "ptp", "mtu": 1500,
+                "ipam": self.ipam(node, dual)}
+
+
+MODES: list[Mode] = [
+    FerryStandalone("a", "(a) ferry standalone", CNI_BIN / "ferry", "10.201.0.0/16",
+                    "fd20:a::/112"),
+    FerryWithAgent("b", "(b) ferry + ferryd", CNI_BIN / "ferry", "10.202.0.0/16",
+                   "fd20:b::/112"),
+    Reference("c", "(c) ref ptp+host-local", REFERENCE_DIR / "ptp", "10.203.0.0/16",
+              "fd20:c::/112"),
+]
+
+
+# --- one pod ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Pod:
+    mode: Mode
+    seq: int
+    netns: str
+    conf: bytes
+    add_s: float = 0.0
+    del_s: float = 0.0
+    total_s: float = 0.0
+
+
+@dataclass
+class Bench:
+    node: Node
+    dual: bool
+    seq: int = 0
+    confs: dict[str, bytes] = field(default_factory=dict)
+
+    def pod(self, mode: Mode) -> Pod:
+        self.seq += 1
+        if mode.key not in self.confs:
+            self.confs[mode.key] = json.dumps(mode.netconf(self.node, self.dual)).encode()
+        return Pod(mode, self.seq, self.node.pod_netns(self.seq), self.confs[mode.key])
+
+    def cni(self, pod: Pod, command: str) -> dict[str, Any] | None:
+        env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+               "CNI_COMMAND": command, "CNI_CONTAINERID": f"bench-{self.node.suffix}-{pod.seq}",
+               "CNI_NETNS": str(NETNS_DIR / pod.netns), "CNI_IFNAME": "eth0",
+               "CNI_PATH": f"{CNI_BIN}:{REFERENCE_DIR}",
+               "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE=bench;K8S_POD_NAME=pod-{pod.seq}"}
+        proc = subprocess.run(["nsenter", f"--net={NETNS_DIR / self.node.name}",
+                               str(pod.mode.binary)], input=pod.conf, env=env,
+                              capture_output=True, timeout=TIMEOUT_S, check=False)
+        if proc.returncode != 0:
+            raise BenchError(f"{pod.mode.label}: {command} {pod.netns}: exit {proc.returncode}: "
+                             f"{proc.stdout.decode(errors='replace').strip()} "
+                             f"{proc.stderr.decode(errors='replace').strip()[-400:]}")
+        return json.loads(proc.stdout) if proc.stdout.strip() else None
+
+    def up(self, pod: Pod) -> Pod:
+        t0 = time.perf_counter()
+        self.node.add_pod(pod.netns)
+        t1 = time.perf_counter()
+        result = self.cni(pod, "ADD")
+        t2 = time.perf_counter()
+        pod.add_s, pod.total_s = t2 - t1, t2 - t0
+        want = 2 if self.dual else 1
+        if not result or len(result.get("ips", [])) != want:
+            raise BenchError(f"{pod.mode.label}: ADD gave {result!r}, expected {want} IPs")
+        return pod
+
+    def down(self, pod: Pod) -> Pod:
+        t0 = time.perf_counter()
+        self.cni(pod, "DEL")
+        t1 = time.perf_counter()
+        self.node.del_pod(pod.netns)
+        t2 = time.perf_counter()
+        pod.del_s = t1 - t0
+        pod.total_s += t2 - t0
+        return pod
+
+    def lifecycle(self, mode: Mode) -> Pod:
+        return self.down(self.up(self.pod(mode)))
+
+    def assert_clean(self, mode: Mode) -> None:
+        links = [name for name in self.node.links() if name != "lo"]
+        files = mode.ipam_files(self.node)
+        if links or files or self.node.pods:
+            raise BenchError(f"{mode.label} left state behind: links={links} ipam={files} "
+                             f"netns={sorted(self.node.pods)}")
+
+
+# --- phases -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Samples:
+    total: list[float] = field(default_factory=list)
+    add: list[float] = field(default_factory=list)
+    delete: list[float] = field(default_factory=list)
+
+    def record(self, pod: Pod) -> None:
+        self.total.append(pod.total_s)
+        self.add.append(pod.add_s)
+        self.delete.append(pod.del_s)
+
+
+@dataclass
+class ParallelRun:
+    add_all: float
+    del_all: float
+
+    @property
+    def total(self) -> float:
+        return self.add_all + self.del_all
+
+
+def p90(values: list[float]) -> float:
+    """Nearest-rank 90th percentile."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(0.9 * len(ordered)) - 1)]
+
+
+def sequential(bench: Bench, modes: list[Mode], iterations: int, warmup: int,
+               progress: Callable[[str], None]) -> dict[str, Samples]:
+    for mode in modes:
+        for _ in range(warmup):
+            bench.lifecycle(mode)
+    samples = {m.key: Samples() for m in modes}
+    for i in range(iterations):
+        for mode in modes if i % 2 == 0 else list(reversed(modes)):
+            samples[mode.key].record(bench.lifecycle(mode))
+        progress(f"sequential {i + 1}/{iterations}")
+    for mode in modes:
+        bench.assert_clean(mode)
+    return samples
+
+
+def parallel(bench: Bench, mode: Mode, pods: int, workers: int) -> ParallelRun:
+    batch = [bench.pod(mode) for _ in range(pods)]
+    pool = ThreadPoolExecutor(max_workers=workers)
+    try:
+        t0 = time.perf_counter()
+        list(pool.map(bench.up, batch))
+        t1 = time.perf_counter()
+        list(pool.map(bench.down, batch))
+        t2 = time.perf_counter()
+    finally:
+        # On a failure or Ctrl-C, do not start the queued pods; wait for the running ones.
+        pool.shutdown(wait=True, cancel_futures=True)
+    bench.assert_clean(mode)
+    return ParallelRun(t1 - t0, t2 - t1)
+
+
+# --- report -------------------------------------------------------------------------------------
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:8.1f}"
+
+
+def ratio(a: float, c: float) -> str:
+    return f"{a / c:7.1f}x" if c > 0 else "     n/a"
+
+
+def report(args: argparse.Namespace, modes: list[Mode], skipped: dict[str, str],
+           seq: dict[str, Samples], par: dict[str, ParallelRun]) -> None:
+    label_w = 26
+    family = "dual stack (IPv4 + IPv6)" if args.dual else "IPv4 only (--dual for dual stack)"
+    print()
+    print(f"ferry ADD+DEL benchmark  cniVersion {CNI_VERSION}, {family}")
+    print(f"kernel {platform.release()}, {os.cpu_count()} CPUs, python "
+          f"{platform.python_version()}, {time.strftime('%Y-%m-%d %H:%M:%S')}")
+    print()
+    print(f"sequential: {args.iterations} pods per mode, interleaved, {args.warmup} warm-up "
+          "each; per pod: netns add + ADD + DEL + netns del (ms)")
+    head = f"{'mode':<{label_w}} {'median':>8} {'p90':>8}   {'ADD med':>8} {'DEL med':>8}"
+    print(head)
+    print("-" * len(head))
+    for mode in MODES:
+        if mode.key in skipped:
+            print(f"{mode.label:<{label_w}} not run: {skipped[mode.key]}")
+            continue
+        s = seq[mode.key]
+        print(f"{mode.label:<{label_w}} {ms(statistics.median(s.total))} {ms(p90(s.total))}   "
+              f"{ms(statistics.median(s.add))} {ms(statistics.median(s.delete))}")
+    for key in ("a", "b"):
+        if key in seq and "c" in seq:
+            a, c = seq[key], seq["c"]
+            print(f"{'ratio (' + key + ')/(c)':<{label_w}} "
+                  f"{ratio(statistics.median(a.total), statistics.median(c.total))} "
+                  f"{ratio(p90(a.total), p90(c.total))}   "
+                  f"{ratio(statistics.median(a.add), statistics.median(c.add))} "
+                  f"{ratio(statistics.median(a.delete), statistics.median(c.delete))}")
+    print()
+    print(f"parallel: {args.pods} pods, {args.parallel} at a time: netns add + ADD for all, "
+          "then DEL + netns del for all (s)")
+    head = f"{'mode':<{label_w}} {'ADD all':>8} {'DEL all':>8} {'total':>8} {'pods/s':>8}"
+    print(head)
+    print("-" * len(head))
+    for mode in MODES:
+        if mode.key in skipped:
+            print(f"{mode.label:<{label_w}} not run: {skipped[mode.key]}")
+            continue
+        r = par[mode.key]
+        print(f"{mode.label:<{label_w}} {r.add_all:8.2f} {r.del_all:8.2f} {r.total:8.2f} "
+              f"{args.pods / r.total:8.1f}")
+    for key in ("a", "b"):
+        if key in par and "c" in par:
+            a, c = par[key], par["c"]
+            print(f"{'ratio (' + key + ')/(c)':<{label_w}} {ratio(a.add_all, c.add_all)} "
+                  f"{ratio(a.del_all, c.del_all)} {ratio(a.total, c.total)}")
+
+
+# --- main ---------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--iterations", type=int, default=30,
+                   help="sequential samples per mode (default 30)")
+    p.add_argument("--warmup", type=int, default=2, help="uncounted samples per mode (default 2)")
+    p.add_argument("--pods", type=int, default=50, help="pods in the parallel phase (default 50)")
+    p.add_argument("--parallel", type=int, default=8, help="concurrent pods (default 8)")
+    p.add_argument("--dual", action="store_true", help="dual stack instead of IPv4 only")
+    p.add_argument("--modes", default="a,b,c",
+                   help="comma-separated subset of a,b,c (default all; b is not implemented)")
+    args = p.parse_args(argv)
+    if args.iterations < 1 or args.pods < 1 or args.parallel < 1 or args.warmup < 0:
+        p.error("--iterations, --pods and --parallel must be >= 1, --warmup >= 0")
+    if args.pods > 60000:
+        p.error("--pods must be <= 60000 (the benchmark ranges are /16 and /112)")
+    return args
+
+
+@contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C, so that the finally blocks clean up."""
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if os.geteuid() != 0:
+        print("add_del.py: needs root (network namespaces)", file=sys.stderr)
+        return 2
+    wanted = {k.strip() for k in args.modes.split(",") if k.strip()}
+    skipped = {m.key: reason for m in MODES if m.key in wanted and (reason := m.unavailable())}
+    skipped |= {m.key: "not selected (--modes)" for m in MODES if m.key not in wanted}
+    modes = [m for m in MODES if m.key not in skipped]
+    if not modes:
+        print("add_del.py: no mode can run: " + "; ".join(skipped.values()), file=sys.stderr)
+        return 2
+
+    def progress(msg: str) -> None:
+        if sys.stderr.isatty():
+            print(f"\r  {msg} ...\033[K", end="", file=sys.stderr, flush=True)
+
+    node = Node()
+    started: list[Mode] = []
+    with terminate_as_interrupt():
+        try:
+            node.create()
+            for mode in modes:
+                mode.start(node)
+                started.append(mode)
+            bench = Bench(node, args.dual)
+            seq = sequential(bench, modes, args.iterations, args.warmup, progress)
+            par: dict[str, ParallelRun] = {}
+            for mode in modes:
+                progress(f"parallel {mode.label}")
+                par[mode.key] = parallel(bench, mode, args.pods, args.parallel)
+            if sys.stderr.isatty():
+                print("\r\033[K", end="", file=sys.stderr, flush=True)
+            report(args, modes, skipped, seq, par)
+            return 0
+        except BenchError as e:
+            print(f"\nadd_del.py: FAILED: {e}", file=sys.stderr)
+            log = node.work / "ferry.log"
+            if log.exists():
+                tail = log.read_text().splitlines()[-5:]
+                print("ferry log (last lines):\n  " + "\n  ".join(tail), file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print("\nadd_del.py: interrupted, cleaning up", file=sys.stderr)
+            return 130
+        finally:
+            for mode in reversed(started):
+                try:
+                    mode.stop(node)
+                except Exception as e:  # keep cleaning up
+                    print(f"add_del.py: stopping {mode.label}: {e}", file=sys.stderr)
+            node.cleanup()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
