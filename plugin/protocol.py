@@ -31,7 +31,7 @@ _REQUIRED_ENV = {
 # The oldest config version that may ask for a command.
 _MIN_VERSION = {"CHECK": "0.4.0", "GC": "1.1.0", "STATUS": "1.1.0"}
 
-_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
+_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*\Z")  # \Z: "$" would accept "x\n"
 MAX_IFNAME = 15
 
 
