@@ -83,7 +83,14 @@ class Store:
         )
 
     def release_owned_by(self, container_id: str, ifname: str) -> list[Address]:
-        ips = self.owned_by(container_id, ifname)
+        """Release this attachment's IPs. As host-local's ReleaseByID, old id-only files are a
+        fallback, released only when no file names `ifname`: such a file may belong to another
+        interface of the same container, which still uses it."""
+        held = self.reservations()
+        ips = sorted((ip for ip, (owner, ifn) in held.items()
+                      if owner == container_id and ifn == ifname), key=lambda a: (a.version, a))
+        if not ips:
+            ips = self.owned_by(container_id, ifname)
         for ip in ips:
             self.release(ip)
         return ips
