@@ -172,7 +172,12 @@ def parse_request(env: Mapping[str, str], stdin: bytes) -> Request:
         validate_name(req.container_id, "containerID", Code.INVALID_ENV)
         validate_ifname(req.ifname)
     req.args = parse_cni_args(env.get("CNI_ARGS", ""))
-    check_version(str(req.config.get("cniVersion", "")) or "0.1.0", command)
+    version = req.config.get("cniVersion")
+    if version is not None and not isinstance(version, str):
+        raise CniError(Code.DECODE_FAILURE, f"invalid cniVersion {version!r}",
+                       "cniVersion must be a string")
+    # Absent (or null, as Go's decoder reads it) means the spec's first version, 0.1.0.
+    check_version(version or "0.1.0", command)
     return req
 
 
