@@ -42,7 +42,8 @@ class IPRange(_Model):
             ip = getattr(self, name)
             if ip is not None and ip not in self.subnet:
                 raise ValueError(f"{name} {ip} is outside subnet {self.subnet}")
-        if self.subnet.num_addresses < (4 if self.subnet.version == 4 else 2):
+        # As host-local: a prefix longer than /30 (/126) is too small to allocate from.
+        if self.subnet.num_addresses < 4:
             raise ValueError(f"subnet {self.subnet} is too small to hold a pod and a gateway")
         return self
 
