@@ -1,0 +1,239 @@
+#!/usr/bin/env bash
+# Install (or remove) ferry as the node's CNI plugin. Idempotent: a second run changes nothing.
+#
+#   deploy/install.sh [--copy] [--conflist FILE]     install
+#   deploy/install.sh [--copy] --uninstall           remove what install put there
+#
+# Two ways to provide the binaries:
+#   link (default)  on a node with a checkout (after scripts/setup.sh): $CNI_BIN_DIR/ferry and
+#                   ferry-host-local become symlinks to the venv's console scripts.
+#   --copy          in the DaemonSet's init container: the image's venv is copied to the host
+#                   at $FERRY_HOME/venv (the same absolute path as in the image, because the
+#                   console scripts' #! lines name it) and the CNI binaries link there.
+#                   The venv runs on the host's /usr/bin/python3.11 (Debian 12's python3), so
+#                   the node needs that interpreter; the image's bcc (python3-bpfcc) is not
+#                   copied, only the venv.
+# Reference plugins the conflist chains (e.g. tuning) are taken from $REF_PLUGIN_DIR when the
+# node has none; the ones added are recorded and removed again by --uninstall.
+#
+# Environment (defaults in brackets):
+#   HOST_ROOT         where the host's filesystem is mounted, e.g. /host in a container;
+#                     required by --copy [""]
+#   CNI_BIN_DIR       the runtime's plugin directory, as a host path [/opt/cni/bin]
+#   CNI_CONF_DIR      the runtime's config directory, as a host path [/etc/cni/net.d]
+#   FERRY_VENV        the venv holding ferry [<repo>/.venv]
+#   FERRY_HOME        --copy: where the venv goes on the host [/opt/ferry]
+#   FERRY_STATE_DIR   ferry's state directory (the install manifest lives there) [/var/lib/ferry]
+#   REF_PLUGIN_DIR    the reference CNI plugins [/usr/lib/cni]
+#   FERRY_POD_CIDR, FERRY_POD_CIDR_V6
+#                     if set, replace the conflist's IPv4 / IPv6 pod range with this node's
+set -euo pipefail
+
+here=$(dirname "$(readlink -f "$0")")
+HOST_ROOT=${HOST_ROOT:-}
+HOST_ROOT=${HOST_ROOT%/}
+CNI_BIN_DIR=${CNI_BIN_DIR:-/opt/cni/bin}
+CNI_CONF_DIR=${CNI_CONF_DIR:-/etc/cni/net.d}
+FERRY_VENV=${FERRY_VENV:-$here/../.venv}
+FERRY_HOME=${FERRY_HOME:-/opt/ferry}
+FERRY_STATE_DIR=${FERRY_STATE_DIR:-/var/lib/ferry}
+REF_PLUGIN_DIR=${REF_PLUGIN_DIR:-/usr/lib/cni}
+BINARIES=(ferry ferry-host-local)
+
+mode=link action=install conflist=$here/10-ferry.conflist
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
+while (($#)); do
+    case $1 in
+        --copy) mode=copy ;;
+        --uninstall) action=uninstall ;;
+        --conflist) conflist=${2:?--conflist needs a file}; shift ;;
+        -h | --help) usage; exit 0 ;;
+        *) echo "install.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+bin_dir=$HOST_ROOT$CNI_BIN_DIR
+conf_dir=$HOST_ROOT$CNI_CONF_DIR
+manifest=$HOST_ROOT$FERRY_STATE_DIR/installed-plugins
+conf_name=$(basename "$conflist")
+if [[ $mode == copy && -z $HOST_ROOT ]]; then
+    # --copy moves the image's venv onto the host: without a separate host root it would
+    # copy the venv onto itself (or onto this machine's own CNI directories).
+    echo "install.sh: --copy needs HOST_ROOT (where the host's filesystem is mounted)" >&2
+    exit 2
+fi
+say() { echo "ferry install: $*"; }
+
+# Replace $2 by a symlink to $1 atomically (rename over it), unless it already is one.
+link() {
+    local target=$1 dest=$2
+    [[ -L $dest && $(readlink "$dest") == "$target" ]] && return 0
+    ln -s "$target" "$dest.tmp.$$"
+    mv -Tf "$dest.tmp.$$" "$dest"
+    say "linked ${dest#"$HOST_ROOT"} -> $target"
+}
+
+python() { "$FERRY_VENV/bin/python" "$@"; }
+
+# The conflist with this node's pod CIDRs substituted, on stdout.
+render_conflist() {
+    python - "$conflist" <<'EOF'
+import ipaddress, json, os, sys
+conf = json.load(open(sys.argv[1]))
+for plugin in conf["plugins"]:
+    if plugin.get("type") != "ferry":
+        continue
+    ranges = plugin["ipam"]["ranges"]
+    for var, version in (("FERRY_POD_CIDR", 4), ("FERRY_POD_CIDR_V6", 6)):
+        cidr = os.environ.get(var)
+        if not cidr:
+            continue
+        net = ipaddress.ip_network(cidr, strict=False)
+        if net.version != version:
+            sys.exit(f"{var}={cidr} is not an IPv{version} network")
+        fresh = [[{"subnet": str(net)}]]
+        kept = [rs for rs in ranges
+                if ipaddress.ip_network(rs[0]["subnet"], strict=False).version != version]
+        ranges[:] = kept + fresh if version == 6 else fresh + kept
+json.dump(conf, sys.stdout, indent=2)
+print()
+EOF
+}
+
+# Plugin types the conflist chains besides ferry itself.
+chained_types() {
+    python -c 'import json, sys
+print("\n".join(p["type"] for p in json.load(open(sys.argv[1]))["plugins"]
+                if p["type"] not in ("ferry", "ferry-host-local")))' "$conflist"
+}
+
+# --copy: the venv at $FERRY_HOME/venv -> venv.<digest>, swapped atomically.
+copy_venv() {
+    local src dest_home digest current
+    src=$(readlink -f "$FERRY_VENV")
+    dest_home=$HOST_ROOT$FERRY_HOME
+    if [[ $src != "$(readlink -m "$FERRY_HOME/venv")" ]]; then
+        echo "install.sh: --copy needs FERRY_VENV at \$FERRY_HOME/venv ($FERRY_HOME/venv), not" \
+             "$src: the console scripts' #! lines name the venv's absolute path" >&2
+        exit 1
+    fi
+    digest=$(cd "$src" && find . -printf '%P %s %T@ %l\n' | sort | sha256sum | cut -c1-12)
+    mkdir -p "$dest_home"
+    if [[ ! -d $dest_home/venv.$digest ]]; then
+        rm -rf "$dest_home/venv.$digest.tmp"
+        cp -a "$src/." "$dest_home/venv.$digest.tmp"
+        mv -T "$dest_home/venv.$digest.tmp" "$dest_home/venv.$digest"
+        say "copied the venv to $FERRY_HOME/venv.$digest"
+    fi
+    current=$(readlink "$dest_home/venv" 2>/dev/null || true)
+    link "venv.$digest" "$dest_home/venv"
+    if [[ -n $current && $current != "venv.$digest" && -d $dest_home/$current ]]; then
+        rm -rf "${dest_home:?}/$current"  # the previous version; new execs use the new one
+    fi
+    local interp
+    interp=$(sed -n 's/^executable = //p' "$src/pyvenv.cfg")
+    if [[ -n $interp && ! -e $HOST_ROOT$interp ]]; then
+        say "WARNING: the host has no $interp; ferry cannot run there until it does"
+    fi
+}
+
+provide_chained() {
+    local t
+    mkdir -p "$(dirname "$manifest")"
+    touch "$manifest"
+    for t in $(chained_types); do
+        if [[ -e $bin_dir/$t || -L $bin_dir/$t ]]; then
+            continue  # the node's own copy wins; never overwritten
+        fi
+        if [[ ! -x $REF_PLUGIN_DIR/$t ]]; then
+            echo "install.sh: the conflist chains '$t' and neither $bin_dir nor" \
+                 "$REF_PLUGIN_DIR has it" >&2
+            exit 1
+        fi
+        if [[ $mode == copy ]]; then
+            install -m 0755 "$REF_PLUGIN_DIR/$t" "$bin_dir/$t.tmp.$$"
+            mv -f "$bin_dir/$t.tmp.$$" "$bin_dir/$t"
+            say "copied $REF_PLUGIN_DIR/$t to $bin_dir"
+        else
+            link "$REF_PLUGIN_DIR/$t" "$bin_dir/$t"
+        fi
+        grep -qxF "$t" "$manifest" || echo "$t" >>"$manifest"
+    done
+}
+
+# Write the rendered conflist ($1) unless the node has exactly that already.
+install_conflist() {
+    local rendered
+    mkdir -p "$conf_dir"
+    rendered=$(mktemp "$conf_dir/.$conf_name.XXXXXX")
+    printf '%s\n' "$1" >"$rendered"
+    chmod 0644 "$rendered"
+    if cmp -s "$rendered" "$conf_dir/$conf_name"; then
+        rm -f "$rendered"
+    else
+        mv -f "$rendered" "$conf_dir/$conf_name"  # rename: the runtime never reads half a file
+        say "wrote $CNI_CONF_DIR/$conf_name"
+    fi
+}
+
+do_install() {
+    local b target rendered
+    [[ -x $FERRY_VENV/bin/ferry ]] || {
+        echo "install.sh: no ferry in $FERRY_VENV (run scripts/setup.sh, or set FERRY_VENV)" >&2
+        exit 1
+    }
+    [[ -r $conflist ]] || { echo "install.sh: cannot read $conflist" >&2; exit 1; }
+    rendered=$(render_conflist)  # before touching the node: a bad CIDR changes nothing
+    mkdir -p "$bin_dir"
+    [[ $mode == copy ]] && copy_venv
+    for b in "${BINARIES[@]}"; do
+        if [[ $mode == copy ]]; then
+            target=$FERRY_HOME/venv/bin/$b
+        else
+            target=$(readlink -f "$FERRY_VENV")/bin/$b
+        fi
+        link "$target" "$bin_dir/$b"
+    done
+    provide_chained
+    # The config last: the runtime may start using ferry the moment it appears.
+    install_conflist "$rendered"
+    say "done ($mode mode): $CNI_BIN_DIR/{$(IFS=,; echo "${BINARIES[*]}")}, $CNI_CONF_DIR/$conf_name"
+}
+
+do_uninstall() {
+    local b t
+    # The config first, so that no new pod is sent to ferry while it goes away.
+    if [[ -e $conf_dir/$conf_name ]]; then
+        rm -f "$conf_dir/$conf_name"
+        say "removed $CNI_CONF_DIR/$conf_name"
+    fi
+    for b in "${BINARIES[@]}"; do
+        if [[ -e $bin_dir/$b || -L $bin_dir/$b ]]; then
+            rm -f "$bin_dir/$b"
+            say "removed $CNI_BIN_DIR/$b"
+        fi
+    done
+    if [[ -f $manifest ]]; then
+        while read -r t; do
+            [[ -n $t ]] || continue
+            rm -f "${bin_dir:?}/$t"
+            say "removed $CNI_BIN_DIR/$t (installed by ferry)"
+        done <"$manifest"
+        rm -f "$manifest"
+    fi
+    if [[ $mode == copy && -d $HOST_ROOT$FERRY_HOME ]]; then
+        rm -rf "$HOST_ROOT$FERRY_HOME/venv" "$HOST_ROOT$FERRY_HOME"/venv.*
+        rmdir "$HOST_ROOT$FERRY_HOME" 2>/dev/null || true
+        say "removed $FERRY_HOME/venv"
+    fi
+    local records
+    records=$(find "$HOST_ROOT$FERRY_STATE_DIR" -name '*.json' 2>/dev/null | wc -l)
+    if ((records)); then
+        say "WARNING: $records pod attachment(s) still recorded in $FERRY_STATE_DIR;" \
+            "their DEL cannot run without the plugin (state and IPAM data are left in place)"
+    fi
+    say "uninstalled"
+}
+
+if [[ $action == install ]]; then do_install; else do_uninstall; fi
