@@ -1,0 +1,41 @@
+# ferry CNI image: the install step of the DaemonSet (deploy/ferry-daemonset.yaml) and, later,
+# the node agent ferryd.
+#   docker build -t ferry-cni:0.1.0 .
+# Debian 12 to match the nodes: the venv built here is copied to the node by
+# `deploy/install.sh --copy` and runs there on /usr/bin/python3.11; bcc (python3-bpfcc) is a
+# Debian package, hence --system-site-packages.
+FROM debian:bookworm-slim
+
+ARG DEBIAN_FRONTEND=noninteractive
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends \
+        bpftool \
+        ca-certificates \
+        containernetworking-plugins \
+        iproute2 \
+        iptables \
+        python3 \
+        python3-bpfcc \
+        python3-venv \
+ && rm -rf /var/lib/apt/lists/*
+
+# The repository (see .dockerignore), then ferry installed into its own venv. The venv path
+# is what install.sh --copy reproduces on the node: keep the two in step (FERRY_HOME/venv).
+COPY . /opt/ferry/src
+RUN python3 -m venv --system-site-packages /opt/ferry/venv \
+ && /opt/ferry/venv/bin/python -m pip install --no-cache-dir /opt/ferry/src \
+ && CNI_COMMAND=VERSION /opt/ferry/venv/bin/ferry
+
+ENV FERRY_HOME=/opt/ferry \
+    HOST_ROOT=/host \
+    FERRY_VENV=/opt/ferry/venv \
+    PATH=/opt/ferry/venv/bin:$PATH
+
+LABEL org.opencontainers.image.title="ferry" \
+      org.opencontainers.image.description="ferry CNI plugin suite: binaries, install script, node agent (later)" \
+      org.opencontainers.image.licenses="Apache-2.0"
+
+# Default: install into the host filesystem mounted at /host (docker run -v /:/host ...);
+# the DaemonSet passes its own arguments.
+ENTRYPOINT ["/opt/ferry/src/deploy/install.sh"]
+CMD ["--copy"]
