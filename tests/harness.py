@@ -14,6 +14,7 @@ import secrets
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -213,6 +214,16 @@ class Node:
         self.ns.delete()
         self.ext.delete()
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def wait_settled(ns: Netns, timeout: float = 5.0) -> None:
+    """Wait until no address in `ns` is still tentative (IPv6 DAD of a fresh link, e.g. the
+    node's uplink), so that two Node.snapshot()s around a CNI call differ only by that call."""
+    deadline = time.monotonic() + timeout
+    while "tentative" in ns.ip("addr", "show"):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"addresses in {ns.name} still tentative after {timeout}s")
+        time.sleep(0.05)
 
 
 def ping(ns: Netns, dst: str, count: int = 1) -> bool:
