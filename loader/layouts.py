@@ -1,0 +1,187 @@
+"""Key/value layouts and map declarations of ferry's BPF maps, declared once.
+
+The ctypes Structures below are the single source of truth: `c_header()` generates the C
+struct definitions and the bcc BPF_TABLE declarations that are prepended to bpf/*.c, and the
+Python side (loader.maps) reads and writes the pinned maps with the very same Structures.
+Standard library only: the CNI ADD path imports this module.
+
+Byte order: addresses and ports are kept in network byte order, exactly as they sit in the
+packet, so the programs never convert; `ip4()` / `port()` convert on the Python side.
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+import ipaddress
+import socket
+from dataclasses import dataclass
+
+# --- flags and constants shared by C and Python ------------------------------------------------
+
+EP_F_POD_ENI = 1  # the endpoint sends through its own device: never SNAT it
+CONSTANTS = {"EP_F_POD_ENI": EP_F_POD_ENI, "NAT_RETRIES": 128, "ETH_HLEN": 14}
+
+
+class _Struct(ct.Structure):
+    c_name = ""
+
+
+class Ip4Key(_Struct):
+    c_name = "ip4_key"
+    _fields_ = [("addr", ct.c_uint32)]
+
+
+class Endpoint(_Struct):
+    """A pod IP on this node (the CNI ADD inserts it, DEL removes it)."""
+
+    c_name = "endpoint"
+    _fields_ = [("ifindex", ct.c_uint32), ("flags", ct.c_uint32)]
+
+
+class Lpm4Key(_Struct):
+    c_name = "lpm4_key"
+    _fields_ = [("prefixlen", ct.c_uint32), ("addr", ct.c_uint32)]
+
+
+class Excluded(_Struct):
+    c_name = "excluded"
+    _fields_ = [("reason", ct.c_uint32)]  # 1: snatExcludeCidrs, 2: a pod CIDR
+
+
+class NatConfig(_Struct):
+    """Node-level SNAT parameters (array map, one slot), written by the load step."""
+
+    c_name = "nat_config"
+    _fields_ = [("node_ip", ct.c_uint32), ("port_min", ct.c_uint16), ("port_max", ct.c_uint16),
+                ("uplink_ifindex", ct.c_uint32), ("pad", ct.c_uint32)]
+
+
+class NatTuple4(_Struct):
+    """A flow as seen in one direction. ICMP echo: the request's id is sport (dport 0), the
+    reply's id is dport (sport 0), so both directions look up like ports do."""
+
+    c_name = "nat_tuple4"
+    _fields_ = [("saddr", ct.c_uint32), ("daddr", ct.c_uint32), ("sport", ct.c_uint16),
+                ("dport", ct.c_uint16), ("proto", ct.c_uint8), ("pad", ct.c_uint8 * 3)]
+
+
+class NatEntry4(_Struct):
+    """What to rewrite to: forward entries hold node IP + allocated port, reverse entries the
+    pod's IP + original port. last_used is bpf_ktime_get_ns() (CLOCK_MONOTONIC) for the GC."""
+
+    c_name = "nat_entry4"
+    _fields_ = [("addr", ct.c_uint32), ("port", ct.c_uint16), ("pad", ct.c_uint16),
+                ("created", ct.c_uint64), ("last_used", ct.c_uint64)]
+
+
+class Redirect(_Struct):
+    """A pod with its own uplink device (pod ENI)."""
+
+    c_name = "redirect"
+    _fields_ = [("host_ifindex", ct.c_uint32), ("eni_ifindex", ct.c_uint32),
+                ("gateway", ct.c_uint32), ("host_mac", ct.c_uint8 * 6),
+                ("pod_mac", ct.c_uint8 * 6)]
+
+
+class Meta(_Struct):
+    """The loader's record in bpffs (regular files cannot live there): which build is pinned."""
+
+    c_name = "meta"
+    _fields_ = [("hash", ct.c_uint8 * 32), ("compiled_at", ct.c_uint64),
+                ("layout_version", ct.c_uint32), ("pad", ct.c_uint32)]
+
+
+@dataclass(frozen=True)
+class MapSpec:
+    name: str  # the kernel's map name (15 chars at most) and the pin's file name
+    kind: str  # bcc table type
+    key: type[_Struct] | type[ct.c_uint32]  # array maps: the kernel wants a plain u32 key
+    value: type[_Struct]
+    max_entries: int
+    flags: str = "0"
+
+
+MAPS: dict[str, MapSpec] = {m.name: m for m in (
+    MapSpec("ferry_endpoints", "hash", Ip4Key, Endpoint, 16384),
+    MapSpec("ferry_snat_excl", "lpm_trie", Lpm4Key, Excluded, 1024, "BPF_F_NO_PREALLOC"),
+    MapSpec("ferry_nat_cfg", "array", ct.c_uint32, NatConfig, 1),
+    MapSpec("ferry_nat_fwd", "lru_hash", NatTuple4, NatEntry4, 65536),
+    MapSpec("ferry_nat_rev", "lru_hash", NatTuple4, NatEntry4, 65536),
+    MapSpec("ferry_redirect", "hash", Ip4Key, Redirect, 4096),
+    MapSpec("ferry_meta", "array", ct.c_uint32, Meta, 1),
+)}
+# Programs: function name in bpf/*.c == kernel prog name (15 chars max) == pin file name.
+PROGRAMS = ("ferry_snat_eg", "ferry_snat_in", "ferry_eni_eg", "ferry_eni_in")
+LAYOUT_VERSION = 1
+
+_C_TYPES = {ct.c_uint8: "__u8", ct.c_uint16: "__u16", ct.c_uint32: "__u32",
+            ct.c_uint64: "__u64"}
+
+
+def _c_field(name: str, typ: type) -> str:
+    if typ in _C_TYPES:
+        return f"    {_C_TYPES[typ]} {name};"
+    elem = getattr(typ, "_type_", None)
+    if elem in _C_TYPES and hasattr(typ, "_length_"):
+        return f"    {_C_TYPES[elem]} {name}[{typ._length_}];"  # type: ignore[attr-defined]
+    raise TypeError(f"no C type for {name}: {typ}")
+
+
+def c_struct(s: type[_Struct]) -> str:
+    body = "\n".join(_c_field(n, t) for n, t in s._fields_)  # type: ignore[misc]
+    return f"struct {s.c_name} {{\n{body}\n}};"
+
+
+def c_header() -> str:
+    """The C side of the layouts: prepended to the BPF sources before compiling."""
+    structs: list[type[_Struct]] = []
+    for spec in MAPS.values():
+        for s in (spec.key, spec.value):
+            if issubclass(s, _Struct) and s not in structs:
+                structs.append(s)
+    out = ["/* generated by loader/layouts.py: do not edit */"]
+    out += [f"#define {k} {v}" for k, v in CONSTANTS.items()]
+    out += [c_struct(s) for s in structs]
+    for s in structs:  # the C code must agree with ctypes on every size
+        out.append(f"_Static_assert(sizeof(struct {s.c_name}) == {ct.sizeof(s)}, "
+                   f"\"layout of {s.c_name}\");")
+    for m in MAPS.values():
+        key = f"struct {m.key.c_name}" if issubclass(m.key, _Struct) else _C_TYPES[m.key]
+        out.append(f"BPF_F_TABLE(\"{m.kind}\", {key}, struct {m.value.c_name}, "
+                   f"{m.name}, {m.max_entries}, {m.flags});")
+    return "\n".join(out) + "\n"
+
+
+# --- conversions --------------------------------------------------------------------------------
+
+def ip4(addr: str | ipaddress.IPv4Address) -> int:
+    """An IPv4 address as the u32 that holds it in network byte order (as in the packet)."""
+    return int.from_bytes(socket.inet_aton(str(addr)), "little")
+
+
+def ip4_str(value: int) -> str:
+    return socket.inet_ntoa(value.to_bytes(4, "little"))
+
+
+def port(p: int) -> int:
+    return socket.htons(p)
+
+
+def port_host(p: int) -> int:
+    return socket.ntohs(p)
+
+
+def mac_bytes(mac: str) -> bytes:
+    return bytes(int(x, 16) for x in mac.split(":"))
+
+
+def mac_str(raw: bytes) -> str:
+    return ":".join(f"{b:02x}" for b in raw)
+
+
+def as_dict(s: ct.Structure) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for name, _typ in s._fields_:  # type: ignore[misc]
+        v = getattr(s, name)
+        out[name] = bytes(v) if isinstance(v, ct.Array) else v
+    return out
