@@ -136,6 +136,10 @@ class Mode:
     def netconf(self, node: Node, dual: bool) -> dict[str, Any]:
         raise NotImplementedError
 
+    def env(self, ferry_src: str | None) -> dict[str, str]:
+        """Extra environment for the plugin process."""
+        return {}
+
     def ipam(self, node: Node, dual: bool) -> dict[str, Any]:
         ranges = [[{"subnet": self.subnet4}]]
         if dual:
@@ -153,19 +157,31 @@ class Mode:
 
 @dataclass
 class FerryStandalone(Mode):
+    def agent_socket(self, node: Node) -> Path:
+        # Nobody listens here: the binary tries the agent, finds none and runs the request
+        # itself, which is what standalone costs on a node without ferryd. A private path also
+        # keeps the run away from any ferryd that listens at the default socket.
+        return node.work / f"no-agent-{self.key}.sock"
+
     def netconf(self, node: Node, dual: bool) -> dict[str, Any]:
         return {"cniVersion": CNI_VERSION, "name": self.network, "type": "ferry", "mtu": 1500,
+                "agentSocket": str(self.agent_socket(node)),
                 "stateDir": str(node.work / "state"),
                 "log": {"file": str(node.work / "ferry.log")},
                 "ipam": self.ipam(node, dual)}
 
+    def env(self, ferry_src: str | None) -> dict[str, str]:
+        # The binary's own directory comes first on sys.path, then PYTHONPATH, then the
+        # editable install: a source tree given here is what runs.
+        return {"PYTHONPATH": ferry_src} if ferry_src else {}
+
 
 @dataclass
 class FerryWithAgent(FerryStandalone):
-    """Hook for mode (b). When the node agent exists: start() runs ferryd inside the node
-    netns with its socket and state under node.work, waits for it to serve, and stop() ends it;
-    netconf() points the binary at that socket. Until then the mode is reported as not run.
-    Note: mode (a) must then make sure the binary does *not* find an agent (standalone)."""
+    """Hook for mode (b). When the node agent exists: agent_socket() returns a path under
+    node.work, start() runs ferryd inside the node netns listening there (state and IPAM under
+    node.work too) and waits until it serves, stop() ends it. Until then the mode is reported
+    as not run."""
 
     def unavailable(self) -> str | None:
         return "node agent ferryd is not implemented yet"
@@ -206,6 +222,7 @@ class Pod:
 class Bench:
     node: Node
     dual: bool
+    ferry_src: str | None = None
     seq: int = 0
     confs: dict[str, bytes] = field(default_factory=dict)
 
@@ -220,7 +237,8 @@ class Bench:
                "CNI_COMMAND": command, "CNI_CONTAINERID": f"bench-{self.node.suffix}-{pod.seq}",
                "CNI_NETNS": str(NETNS_DIR / pod.netns), "CNI_IFNAME": "eth0",
                "CNI_PATH": f"{CNI_BIN}:{REFERENCE_DIR}",
-               "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE=bench;K8S_POD_NAME=pod-{pod.seq}"}
+               "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE=bench;K8S_POD_NAME=pod-{pod.seq}",
+               **pod.mode.env(self.ferry_src)}
         proc = subprocess.run(["nsenter", f"--net={NETNS_DIR / self.node.name}",
                                str(pod.mode.binary)], input=pod.conf, env=env,
                               capture_output=True, timeout=TIMEOUT_S, check=False)
@@ -344,6 +362,7 @@ def report(args: argparse.Namespace, modes: list[Mode], skipped: dict[str, str],
     print(f"ferry ADD+DEL benchmark  cniVersion {CNI_VERSION}, {family}")
     print(f"kernel {platform.release()}, {os.cpu_count()} CPUs, python "
           f"{platform.python_version()}, {time.strftime('%Y-%m-%d %H:%M:%S')}")
+    print(f"ferry code: {args.ferry_src or 'as installed behind ' + str(CNI_BIN / 'ferry')}")
     print()
     print(f"sequential: {args.iterations} pods per mode, interleaved, {args.warmup} warm-up "
           "each; per pod: netns add + ADD + DEL + netns del (ms)")
@@ -396,11 +415,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--pods", type=int, default=50, help="pods in the parallel phase (default 50)")
     p.add_argument("--parallel", type=int, default=8, help="concurrent pods (default 8)")
     p.add_argument("--dual", action="store_true", help="dual stack instead of IPv4 only")
+    p.add_argument("--ferry-src", metavar="DIR",
+                   help="run ferry from this source tree (holding plugin/) instead of the "
+                        "installed one, e.g. a `git archive` snapshot")
     p.add_argument("--modes", default="a,b,c",
                    help="comma-separated subset of a,b,c (default all; b is not implemented)")
     args = p.parse_args(argv)
     if args.iterations < 1 or args.pods < 1 or args.parallel < 1 or args.warmup < 0:
         p.error("--iterations, --pods and --parallel must be >= 1, --warmup >= 0")
+    if args.ferry_src:
+        args.ferry_src = str(Path(args.ferry_src).resolve())
+        if not (Path(args.ferry_src) / "plugin" / "cli.py").is_file():
+            p.error(f"--ferry-src {args.ferry_src}: no plugin/cli.py there")
     if args.pods > 60000:
         p.error("--pods must be <= 60000 (the benchmark ranges are /16 and /112)")
     return args
@@ -444,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
             for mode in modes:
                 mode.start(node)
                 started.append(mode)
-            bench = Bench(node, args.dual)
+            bench = Bench(node, args.dual, args.ferry_src)
             seq = sequential(bench, modes, args.iterations, args.warmup, progress)
             par: dict[str, ParallelRun] = {}
             for mode in modes:

@@ -111,6 +111,9 @@ class Demo:
 
     def netconf(self, **extra: Any) -> dict[str, Any]:
         return {"cniVersion": "1.0.0", "name": NETWORK, "type": "ferry", "mtu": 1400,
+                # No node agent in this demo (yet): nobody listens on this private socket, so
+                # the binary runs every request itself and never reaches another ferryd.
+                "agentSocket": str(self.work / "ferryd.sock"),
                 "stateDir": str(self.work / "state"),
                 "log": {"file": str(self.work / "ferry.log"), "level": "debug"},
                 "ipam": {"type": "host-local", "dataDir": str(self.work / "ipam"),
