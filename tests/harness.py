@@ -226,6 +226,20 @@ def wait_settled(ns: Netns, timeout: float = 5.0) -> None:
         time.sleep(0.05)
 
 
+def snapshot_diff(before: dict[str, str], after: dict[str, str]) -> str:
+    """A readable unified diff of two Node.snapshot()s ('' when equal), for assert messages:
+    `assert not (d := snapshot_diff(before, node.snapshot())), d`."""
+    import difflib
+
+    out = []
+    for key in sorted(before.keys() | after.keys()):
+        a, b = before.get(key, ""), after.get(key, "")
+        if a != b:
+            out.append(f"--- {key}")
+            out += difflib.unified_diff(a.splitlines(), b.splitlines(), lineterm="", n=1)
+    return "\n".join(out)
+
+
 def ping(ns: Netns, dst: str, count: int = 1) -> bool:
     proc = subprocess.run(["ip", "netns", "exec", ns.name, "ping", "-c", str(count), "-W", "2",
                            "-i", "0.2", dst], capture_output=True, check=False)
