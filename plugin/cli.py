@@ -1,71 +1,89 @@
 """The `ferry` CNI binary: what the container runtime execs for every pod.
 
-Only the standard library is imported before the request is known to need the engine:
-VERSION and malformed requests are answered without loading pydantic or pyroute2.
+Hot path: relay the request to ferryd (plugin.relay, builtin modules only) and print its
+answer. Only when no agent listens does the binary load the engine (pydantic, pyroute2)
+and do the work itself: standalone mode, slower but complete. An agent that answers with
+an error is the result: there is no silent fallback after ferryd took the request.
 """
 
-from __future__ import annotations
-
-import json
 import os
 import sys
 from collections.abc import Callable
 from typing import Any
 
-from plugin.protocol import (
-    LATEST_VERSION,
-    CniError,
-    Code,
-    Request,
-    parse_request,
-    reply_version,
-    version_info,
-)
+from plugin import relay
 
-Handler = Callable[[Request], "dict[str, Any] | None"]
+Handler = Callable[[Any], "dict[str, Any] | None"]
+STANDALONE_ENV = "FERRY_STANDALONE"  # set to 1 to skip the agent (benchmarks, debugging)
 
 
-def serve(handler: Handler) -> int:
-    """Run one CNI invocation: env + stdin in, result or error JSON on stdout, exit code."""
-    version = LATEST_VERSION
+def respond(env: "dict[str, str]", stdin: bytes, handler: Handler) -> "tuple[int, bytes]":
+    """One CNI invocation, env + stdin in, (exit code, stdout) out. Shared by the binaries
+    and by ferryd, so both answer every request, good or bad, the same way."""
+    import json
+
+    from plugin.protocol import CniError, Code, parse_request, reply_version, version_info
+
+    # The config's version when ferry speaks it, also for errors found while validating.
+    version = reply_version(stdin)
     try:
-        stdin = b"" if os.environ.get("CNI_COMMAND") == "VERSION" else sys.stdin.buffer.read()
-        version = reply_version(stdin)
-        req = parse_request(os.environ, stdin)
-        if req.command == "VERSION":
-            _emit(version_info())
-            return 0
-        out = handler(req)
-        if out is not None:
-            _emit(out)
-        return 0
+        req = parse_request(env, stdin)
+        out = version_info() if req.command == "VERSION" else handler(req)
+        return 0, (json.dumps(out, indent=2) + "\n").encode() if out is not None else b""
     except CniError as e:
-        _emit(e.to_dict(version))
-        return 1
+        err = e
     except Exception as e:  # a bug or an unexpected kernel answer: still a CNI error
-        try:
-            from plugin.log import log
+        from plugin.log import log
 
-            log.exception("unexpected failure")
-        finally:
-            _emit(CniError(Code.INTERNAL, f"internal error: {type(e).__name__}",
-                           str(e)).to_dict(version))
-        return 1
+        log.exception("unexpected failure")
+        err = CniError(Code.INTERNAL, f"internal error: {type(e).__name__}", str(e))
+    return 1, (json.dumps(err.to_dict(version), indent=2) + "\n").encode()
 
 
-def _emit(obj: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2) + "\n")
+def _read_stdin() -> bytes:
+    return b"" if os.environ.get("CNI_COMMAND") == "VERSION" else sys.stdin.buffer.read()
+
+
+def _finish(code: int, out: bytes) -> None:
+    sys.stdout.buffer.write(out)
     sys.stdout.flush()
+    sys.exit(code)
 
 
-def _engine(req: Request) -> dict[str, Any] | None:
+def serve(handler: Handler) -> None:
+    """Standalone execution of one request by `handler` (the IPAM binary, fallbacks)."""
+    _enable_site_packages()
+    _finish(*respond(dict(os.environ), _read_stdin(), handler))
+
+
+def _enable_site_packages() -> None:
+    # The launcher starts Python with -I -S for the relay path; the engine needs the venv.
+    if "pydantic" not in sys.modules and not any("site-packages" in p for p in sys.path):
+        import site
+
+        site.main()
+
+
+def _engine(req: Any) -> "dict[str, Any] | None":
     from plugin import engine
 
     return engine.run(req)
 
 
 def main() -> None:
-    sys.exit(serve(_engine))
+    stdin = _read_stdin()
+    command = os.environ.get("CNI_COMMAND", "")
+    if command not in ("", "VERSION") and not os.environ.get(STANDALONE_ENV):
+        try:
+            reply = relay.call(relay.socket_path(stdin), dict(os.environ), stdin)
+        except relay.AgentGone as e:
+            _finish(1, relay.try_again_error(str(e)))
+            return
+        if reply is not None:
+            _finish(*reply)
+            return
+    _enable_site_packages()
+    _finish(*respond(dict(os.environ), stdin, _engine))
 
 
 if __name__ == "__main__":

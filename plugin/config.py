@@ -119,9 +119,18 @@ class NetConf(_Model):
     dataplane: Literal["auto", "ebpf", "iptables", "none"] = "auto"
     node_ip: Address | None = Field(None, alias="nodeIP")
     snat_exclude_cidrs: list[Network] = Field([], alias="snatExcludeCidrs")
+    # eBPF dataplane (plugin/dataplane/ebpf.py). The SNAT port range defaults to 61000-65535:
+    # above the kernel's default ip_local_port_range (32768-60999), so the node's own
+    # connections from the node IP never pick a port that a NAT entry owns.
+    snat_port_range: str = Field("61000-65535", alias="snatPortRange",
+                                 pattern=r"^[0-9]{1,5}-[0-9]{1,5}$")
+    bpffs_root: str = Field("/sys/fs/bpf/ferry", alias="bpffsRoot")
+    uplink: str | None = None  # default: the device holding nodeIP, else the default route's
     veth_prefix: str = Field("fry", alias="vethPrefix", min_length=1,
                              max_length=15 - VETH_HASH_CHARS, pattern=r"^[a-zA-Z][a-zA-Z0-9]*$")
     state_dir: str = Field(DEFAULT_STATE_DIR, alias="stateDir")
+    # Where ferryd listens for relayed requests (plugin.relay reads it without pydantic).
+    agent_socket: str = Field("/run/ferry/ferryd.sock", alias="agentSocket")
     log: LogConfig = LogConfig()
     dns: DNSConf | None = None
     prev_result: dict[str, Any] | None = Field(None, alias="prevResult")
@@ -139,6 +148,37 @@ class NetConf(_Model):
 
     def prev(self) -> Result | None:
         return Result.from_dict(self.prev_result) if self.prev_result else None
+
+    @property
+    def snat_ports(self) -> tuple[int, int]:
+        low, high = (int(p) for p in self.snat_port_range.split("-"))
+        return low, high
+
+    @field_validator("snat_port_range")
+    @classmethod
+    def _port_range(cls, v: str) -> str:
+        low, high = (int(p) for p in v.split("-"))
+        if not 1024 <= low <= high <= 65535:
+            raise ValueError(f"{v}: want LOW-HIGH with 1024 <= LOW <= HIGH <= 65535")
+        return v
+
+
+class PodENI(_Model):
+    """A pod's own uplink device ("pod ENI"), asked for per pod by runtimeConfig
+    {"podENI": {"device": "eni1", "gateway": "10.98.0.1"}} or by
+    CNI_ARGS FERRY_POD_ENI=eni1;FERRY_POD_ENI_GW=10.98.0.1. The ADD stores it in the
+    attachment record, so DEL finds it without asking again."""
+
+    device: str = Field(min_length=1, max_length=15)
+    gateway: ipaddress.IPv4Address | None = None
+
+
+def pod_eni(conf: NetConf, cni_args: dict[str, str]) -> PodENI | None:
+    raw = conf.runtime_config.get("podENI")
+    if raw is None and cni_args.get("FERRY_POD_ENI"):
+        raw = {"device": cni_args["FERRY_POD_ENI"],
+               "gateway": cni_args.get("FERRY_POD_ENI_GW") or None}
+    return parse(PodENI, raw) if raw else None
 
 
 def to_address(value: Any) -> Address:
@@ -158,3 +198,21 @@ def parse(model: type[_Model], data: dict[str, Any]) -> Any:
         raise CniError(Code.INVALID_CONFIG, f"invalid network config: {where}: {first['msg']}",
                        "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}"
                                  for x in e.errors())) from None
+
+
+def load_file(path: str, plugin_type: str = "ferry") -> tuple[NetConf, dict[str, Any]]:
+    """The `plugin_type` entry of a .conf or .conflist file, with the list's name and
+    cniVersion filled in as a runtime would: (validated model, raw config)."""
+    import json
+    from pathlib import Path
+
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise CniError(Code.INVALID_CONFIG, f"cannot read network config {path}", str(e)) from None
+    if "plugins" in data:
+        entry = next((p for p in data["plugins"] if p.get("type") == plugin_type), None)
+        if entry is None:
+            raise CniError(Code.INVALID_CONFIG, f"{path} has no plugin of type {plugin_type}")
+        data = {**entry, "name": data.get("name"), "cniVersion": data.get("cniVersion")}
+    return parse(NetConf, data), data

@@ -7,13 +7,14 @@ unwinds the stack in reverse, so a failed ADD leaves the host as it found it.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from typing import Any
 
 from plugin import ipam, wiring
 from plugin import log as logging_setup
-from plugin.config import NetConf, parse
+from plugin.config import NetConf, parse, pod_eni
 from plugin.dataplane import select
 from plugin.log import log
 from plugin.protocol import CniError, Code, IPConfig, Request, Result
@@ -50,7 +51,10 @@ def add(conf: NetConf, req: Request) -> dict[str, Any]:
                        f"{req.container_id}/{req.ifname}: DEL it first")
     att = Attachment(container_id=req.container_id, ifname=req.ifname, netns=req.netns,
                      host_veth=host_veth(conf, req),
-                     k8s_pod=list(req.k8s_pod) if req.k8s_pod else None)
+                     k8s_pod=list(req.k8s_pod) if req.k8s_pod else None,
+                     owner_pid=os.getpid())
+    eni = pod_eni(conf, req.args)
+    att.pod_eni = eni.model_dump(mode="json") if eni else None
     undo: list[Callable[[], None]] = []
     try:
         states.save(att)

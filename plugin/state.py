@@ -24,6 +24,10 @@ class Attachment:
     ips: list[str] = field(default_factory=list)
     complete: bool = False
     result: dict[str, Any] | None = None
+    # The pod's own uplink device (config.PodENI as a dict), for the eBPF redirection.
+    pod_eni: dict[str, Any] | None = None
+    # The process that runs the ADD: while it lives, an incomplete record is work in flight.
+    owner_pid: int | None = None
 
 
 class StateStore:

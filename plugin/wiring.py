@@ -12,6 +12,7 @@ The process runs in the host (node) network namespace; the pod's is opened by pa
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import hashlib
 import ipaddress
@@ -53,17 +54,46 @@ class PodLinks:
     container: Interface
 
 
+_libc = ctypes.CDLL(None, use_errno=True)
+CLONE_NEWNET = 0x40000000
+
+
+def _setns(fd: int) -> None:
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
 @contextlib.contextmanager
 def netns(path: str) -> Iterator[IPRoute]:
-    """An RTNL socket inside the pod's network namespace (opened by path, never created)."""
+    """An RTNL socket inside the pod's network namespace (opened by path, never created).
+
+    The calling thread enters the namespace just long enough to open the socket, which stays
+    bound to it; about 1 ms, where pyroute2's own netns support forks a helper (~12 ms, and
+    fork is unsafe in ferryd's threaded process).
+    """
     try:
-        ipr = IPRoute(netns=path, flags=0)
+        target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         raise CniError(Code.INVALID_ENV, "network namespace does not exist",
                        f"CNI_NETNS={path}") from None
     except OSError as e:
-        raise CniError(Code.INVALID_ENV, "cannot enter network namespace",
+        raise CniError(Code.INVALID_ENV, "cannot open network namespace",
                        f"CNI_NETNS={path}: {e}") from None
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        try:
+            _setns(target)
+        except OSError as e:
+            raise CniError(Code.INVALID_ENV, "cannot enter network namespace",
+                           f"CNI_NETNS={path}: {e}") from None
+        try:
+            ipr = IPRoute()
+        finally:
+            _setns(home)  # if this failed the thread would be lost in the pod: let it raise
+    finally:
+        os.close(target)
+        os.close(home)
     try:
         yield ipr
     finally:

@@ -42,9 +42,21 @@ fi
 
 # The runtime looks for plugins in CNI_PATH; install ours next to the reference ones.
 mkdir -p /opt/cni/bin
-for bin in ferry ferry-host-local; do
-    ln -sfn "$PWD/.venv/bin/$bin" "/opt/cni/bin/$bin"
-done
+# Launchers rather than pip's console scripts: `-IS` (isolated, no site) keeps the interpreter start-up to the
+# minimum on the relay hot path; the code loads the venv's site-packages only when needed.
+write_launcher() {  # <binary name> <module with main()>
+    rm -f "/opt/cni/bin/$1"
+    cat > "/opt/cni/bin/$1" <<EOF
+#!$PWD/.venv/bin/python -IS
+import sys
+sys.path.insert(0, "$PWD")
+from $2 import main
+main()
+EOF
+    chmod 755 "/opt/cni/bin/$1"
+}
+write_launcher ferry plugin.cli
+write_launcher ferry-host-local plugin.ipam.cli
 for ref in /usr/lib/cni/*; do
     [[ -e /opt/cni/bin/$(basename "$ref") ]] || ln -s "$ref" /opt/cni/bin/
 done

@@ -6,7 +6,6 @@ Any plugin (the reference ptp or bridge, say) can use it as `"ipam": {"type":
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 from plugin.cli import serve
@@ -38,7 +37,7 @@ def _ipam(req: Request) -> dict[str, Any] | None:
 
 
 def main() -> None:
-    sys.exit(serve(_ipam))
+    serve(_ipam)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,162 @@
+"""ferryd: the node agent (the ipamd of this design).
+
+It executes the CNI requests that the `ferry` binary relays over a root-only unix socket
+with the same engine as standalone mode (so both can serve one node side by side: they
+share the on-disk IPAM store and the attachment records, under the same locks), serves a
+gRPC API for control and introspection, exports Prometheus metrics, reconciles the node at
+start and stops cleanly on SIGTERM (in-flight requests finish, sockets are removed).
+Pods keep working while it is down: the kernel holds their links, routes and dataplane.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from plugin import engine, relay
+from plugin import log as logging_setup
+from plugin.agent import metrics
+from plugin.agent.reconcile import reconcile
+from plugin.cli import respond
+from plugin.config import NetConf, load_file
+from plugin.dataplane import select
+from plugin.log import log
+
+VERSION = "0.1.0"
+DEFAULT_GRPC_SOCKET = "/run/ferry/ferryd-grpc.sock"
+DEFAULT_METRICS = "127.0.0.1:9661"
+
+
+@contextlib.contextmanager
+def _private_umask() -> Iterator[None]:
+    """Sockets are created 0600 from the start, not chmod-ed after a window."""
+    old = os.umask(0o177)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+class RelayServer:
+    """Accepts relayed CNI requests; a bounded pool runs them concurrently."""
+
+    def __init__(self, path: str, agent: Agent, workers: int) -> None:
+        self.path = path
+        self.agent = agent
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cni")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._thread = threading.Thread(target=self._accept_loop, name="relay", daemon=True)
+
+    def start(self) -> None:
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)  # a socket left by a killed ferryd
+        with _private_umask():
+            self.sock.bind(self.path)
+        self.sock.listen(128)
+        self._thread.start()
+
+    def _accept_loop(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return  # closed by stop()
+            self.pool.submit(self._serve, conn)
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                env, stdin = relay.decode_request(relay.read_frame(conn))
+                code, out = self.agent.handle(env, stdin)
+                conn.sendall(relay.encode_reply(code, out))
+            except (OSError, relay.AgentGone, ValueError) as e:
+                log.warning("relay connection failed: %s", e)
+
+    def stop(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+        self.sock.close()
+        self.pool.shutdown(wait=True)  # let in-flight ADDs/DELs finish
+
+
+class Agent:
+    def __init__(self, conf: NetConf, raw_conf: dict[str, Any], args: argparse.Namespace):
+        self.conf = conf
+        self.raw_conf = raw_conf
+        self.args = args
+        self.started = time.monotonic()
+        self.served = 0
+        self.dataplane = select(conf)
+        self._stop = threading.Event()
+
+    def handle(self, env: dict[str, str], stdin: bytes) -> tuple[int, bytes]:
+        """One relayed CNI request, answered exactly as the standalone binary would."""
+        command = env.get("CNI_COMMAND", "")
+        started = time.monotonic()
+        code, out = respond(env, stdin, engine.run)
+        self.served += 1
+        metrics.observe(command, code, out, time.monotonic() - started)
+        return code, out
+
+    def run(self) -> None:
+        logging_setup.setup(self.conf.log)
+        report = reconcile(self.conf)
+        log.info("ferryd starting", extra={"network": self.conf.name, "version": VERSION,
+                                           "dataplane": self.dataplane.name,
+                                           "reconcile": vars(report)})
+        relay_server = RelayServer(self.args.socket, self, self.args.workers)
+        relay_server.start()
+        from plugin.agent.service import start_grpc
+
+        grpc_server = start_grpc(self, self.args.grpc_socket)
+        if self.args.metrics != "off":
+            host, _, port = self.args.metrics.rpartition(":")
+            metrics.serve(self, host or "127.0.0.1", int(port))
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self._stop.set())
+        print(json.dumps({"ready": True, "socket": self.args.socket,
+                          "grpc": self.args.grpc_socket, "pid": os.getpid()}), flush=True)
+        self._stop.wait()
+        log.info("ferryd stopping")
+        relay_server.stop()
+        grpc_server.stop(grace=5).wait()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.args.grpc_socket)
+        log.info("ferryd stopped")
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="ferryd", description="ferry's node agent")
+    p.add_argument("--config", required=True, help="the CNI .conflist/.conf with ferry in it")
+    p.add_argument("--socket", help="unix socket the ferry binary relays to (0600); "
+                   "default: the config's agentSocket")
+    p.add_argument("--grpc-socket", default=DEFAULT_GRPC_SOCKET, help="gRPC unix socket")
+    p.add_argument("--metrics", default=DEFAULT_METRICS,
+                   help="host:port for Prometheus metrics, or 'off'")
+    p.add_argument("--workers", type=int, default=8, help="concurrent CNI requests")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    conf, raw = load_file(args.config)
+    args.socket = args.socket or conf.agent_socket
+    Agent(conf, raw, args).run()
+
+
+if __name__ == "__main__":
+    main()

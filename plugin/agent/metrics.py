@@ -1,0 +1,57 @@
+"""Prometheus metrics of ferryd: request counts and latencies, errors by code, IPAM usage."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from plugin.agent.daemon import Agent
+
+REGISTRY = CollectorRegistry()
+REQUESTS = Counter("ferry_cni_requests_total", "CNI requests served by ferryd",
+                   ["command", "result"], registry=REGISTRY)
+ERRORS = Counter("ferry_cni_errors_total", "CNI errors returned, by CNI error code",
+                 ["command", "code"], registry=REGISTRY)
+LATENCY = Histogram("ferry_cni_request_seconds", "Time to serve a CNI request in ferryd",
+                    ["command"], registry=REGISTRY,
+                    buckets=(0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 5.0))
+
+
+def observe(command: str, exit_code: int, out: bytes, seconds: float) -> None:
+    LATENCY.labels(command).observe(seconds)
+    REQUESTS.labels(command, "ok" if exit_code == 0 else "error").inc()
+    if exit_code:
+        try:
+            code = str(json.loads(out).get("code", "unknown"))
+        except ValueError:
+            code = "unknown"
+        ERRORS.labels(command, code).inc()
+
+
+class PoolCollector(Collector):
+    """IPs in use and free per range set, read from the store at scrape time."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        from plugin.agent.service import ipam_pools
+
+        used = GaugeMetricFamily("ferry_ipam_ips_used", "Reserved IPs", labels=["pool"])
+        free = GaugeMetricFamily("ferry_ipam_ips_free", "Free IPs", labels=["pool"])
+        for pool in ipam_pools(self.agent.conf).pools:
+            used.add_metric([pool.subnets], pool.used)
+            free.add_metric([pool.subnets], pool.free)
+        yield used
+        yield free
+
+
+def serve(agent: Agent, host: str, port: int) -> None:
+    REGISTRY.register(PoolCollector(agent))
+    start_http_server(port, addr=host, registry=REGISTRY)

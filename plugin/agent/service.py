@@ -1,0 +1,117 @@
+"""ferryd's gRPC service: CNI add/del for callers that speak gRPC, and introspection that
+reads what the node really holds (attachment records, the IPAM store, the dataplane)."""
+
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from plugin.agent import ferry_pb2 as pb
+from plugin.agent import ferry_pb2_grpc as pb_grpc
+from plugin.agent.daemon import VERSION, _private_umask
+from plugin.config import NetConf
+from plugin.ipam.allocator import Allocator
+from plugin.ipam.store import Store
+from plugin.state import StateStore
+
+if TYPE_CHECKING:
+    from plugin.agent.daemon import Agent
+
+
+def ipam_pools(conf: NetConf) -> pb.IpamPools:
+    pools = pb.IpamPools(network=conf.name, data_dir=conf.ipam.data_dir)
+    if not conf.ipam.builtin:
+        return pools
+    reservations = Store(conf.ipam.data_dir, conf.name).reservations()
+    for spans in Allocator(conf.ipam, conf.name).range_sets:
+        total = sum(s.end - s.start + 1 - (s.gateway in s) for s in spans)
+        mine = sorted(((ip, owner) for ip, owner in reservations.items()
+                       if any(ip in s for s in spans)), key=lambda x: x[0])
+        pools.pools.append(pb.IpamPool(
+            subnets=", ".join(str(s.subnet) for s in spans), total=total, used=len(mine),
+            free=total - len(mine),
+            reservations=[pb.Reservation(ip=str(ip), container_id=cid, ifname=ifn)
+                          for ip, (cid, ifn) in mine]))
+    return pools
+
+
+class FerryService(pb_grpc.FerryServicer):
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+
+    def _cni(self, command: str, req: pb.NetworkRequest) -> pb.NetworkReply:
+        args = ";".join(f"{k}={v}" for k, v in (("K8S_POD_NAMESPACE", req.k8s_pod_namespace),
+                                                ("K8S_POD_NAME", req.k8s_pod_name)) if v)
+        env = {"CNI_COMMAND": command, "CNI_CONTAINERID": req.container_id,
+               "CNI_NETNS": req.netns, "CNI_IFNAME": req.ifname or "eth0",
+               "CNI_ARGS": args, "CNI_PATH": "/opt/cni/bin"}
+        stdin = (req.network_config_json or json.dumps(self.agent.raw_conf)).encode()
+        code, out = self.agent.handle({k: v for k, v in env.items() if v}, stdin)
+        reply = pb.NetworkReply(success=code == 0, cni_json=out.decode())
+        body: dict[str, Any] = json.loads(out) if out.strip() else {}
+        if code:
+            reply.error_code, reply.error_msg = int(body.get("code", 0)), body.get("msg", "")
+        else:
+            reply.ips.extend(ip["address"] for ip in body.get("ips", []))
+            reply.host_veth = next((i["name"] for i in body.get("interfaces", [])
+                                    if not i.get("sandbox")), "")
+        return reply
+
+    def AddNetwork(self, request: pb.NetworkRequest, context: Any) -> pb.NetworkReply:
+        return self._cni("ADD", request)
+
+    def DelNetwork(self, request: pb.NetworkRequest, context: Any) -> pb.NetworkReply:
+        return self._cni("DEL", request)
+
+    def ListEndpoints(self, request: pb.Empty, context: Any) -> pb.Endpoints:
+        conf = self.agent.conf
+        out = pb.Endpoints()
+        for att in StateStore(conf.state_dir, conf.name).all():
+            ns, pod = att.k8s_pod or ("", "")
+            eni = getattr(att, "pod_eni", None) or {}
+            out.endpoints.append(pb.Endpoint(
+                pod_namespace=ns, pod_name=pod, container_id=att.container_id,
+                ifname=att.ifname, ips=att.ips, host_veth=att.host_veth,
+                pod_eni=eni.get("device", "") if isinstance(eni, dict) else str(eni),
+                dataplane=self.agent.dataplane.name, netns=att.netns, complete=att.complete))
+        return out
+
+    def GetNatTable(self, request: pb.Empty, context: Any) -> pb.NatTable:
+        table = pb.NatTable(dataplane=self.agent.dataplane.name)
+        for e in self.agent.dataplane.nat_entries(self.agent.conf):
+            table.entries.append(pb.NatEntry(**e))
+        return table
+
+    def GetRedirects(self, request: pb.Empty, context: Any) -> pb.Redirects:
+        out = pb.Redirects(dataplane=self.agent.dataplane.name)
+        for r in self.agent.dataplane.redirects(self.agent.conf):
+            out.redirects.append(pb.Redirect(**r))
+        return out
+
+    def GetIpamPools(self, request: pb.Empty, context: Any) -> pb.IpamPools:
+        return ipam_pools(self.agent.conf)
+
+    def GetPrograms(self, request: pb.Empty, context: Any) -> pb.Programs:
+        info = self.agent.dataplane.programs(self.agent.conf)
+        return pb.Programs(dataplane=self.agent.dataplane.name, pin_dir=info.get("pin_dir", ""),
+                           programs=[pb.Program(**p) for p in info.get("programs", [])])
+
+    def Health(self, request: pb.Empty, context: Any) -> pb.HealthReply:
+        return pb.HealthReply(ok=True, version=VERSION,
+                              uptime_seconds=time.monotonic() - self.agent.started,
+                              network=self.agent.conf.name,
+                              dataplane=self.agent.dataplane.name,
+                              requests_served=self.agent.served)
+
+
+def start_grpc(agent: Agent, path: str) -> grpc.Server:
+    server = grpc.server(ThreadPoolExecutor(max_workers=4, thread_name_prefix="grpc"))
+    pb_grpc.add_FerryServicer_to_server(FerryService(agent), server)
+    with _private_umask():
+        server.add_insecure_port(f"unix:{path}")
+        server.start()
+    return server
