@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from harness import Node  # noqa: E402
+from harness import Node
 
 
 def pytest_configure(config: pytest.Config) -> None:
