@@ -139,6 +139,8 @@ class Node:
     ext_ip6: str = "fd99::2"
     pod_cidr4: str = "10.20.0.0/24"
     pod_cidr6: str = "fd20::/120"
+    # False for SNAT tests: ext can then answer a pod only if its packets left with the node IP.
+    ext_routes_pods: bool = True
 
     @classmethod
     @contextlib.contextmanager
@@ -162,9 +164,10 @@ class Node:
         self.ext.ip("-6", "addr", "add", f"{self.ext_ip6}/64", "dev", "ext0", "nodad")
         self.ns.ip("link", "set", "uplink0", "up")
         self.ext.ip("link", "set", "ext0", "up")
-        # The external host routes the pod CIDRs back via the node (no SNAT in this milestone).
-        self.ext.ip("route", "add", self.pod_cidr4, "via", self.node_ip4)
-        self.ext.ip("-6", "route", "add", self.pod_cidr6, "via", self.node_ip6)
+        # The external host routes the pod CIDRs back via the node (unless told otherwise).
+        if self.ext_routes_pods:
+            self.ext.ip("route", "add", self.pod_cidr4, "via", self.node_ip4)
+            self.ext.ip("-6", "route", "add", self.pod_cidr6, "via", self.node_ip6)
 
     def conf(self, version: str = "1.0.0", **overrides: Any) -> dict[str, Any]:
         ipam = {"type": "host-local", "dataDir": str(self.tmp / "ipam"),

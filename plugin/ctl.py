@@ -1,0 +1,95 @@
+"""ferryctl: node-level control of the eBPF dataplane.
+
+  ferryctl load    --config FILE [--cflag -DX=1]   compile (or reuse the pins), attach, re-sync
+  ferryctl unload  --config FILE                   detach and remove the pins
+  ferryctl inspect --config FILE [--json]         pods, NAT entries, redirects, filters
+  ferryctl gc      --config FILE [--idle 300]     expire idle NAT entries
+
+FILE is the network's .conf or .conflist (the `ferry` entry is used). Run it in the node's
+network namespace: the uplink and the pods' host veths are looked up there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from plugin.config import NetConf, load_file
+from plugin.protocol import CniError
+
+
+def read_config(path: str) -> NetConf:
+    return load_file(path)[0]
+
+
+def _table(title: str, rows: list[dict[str, Any]], cols: list[str]) -> str:
+    if not rows:
+        return f"{title}: none\n"
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in cols}
+    line = "  ".join(c.upper().ljust(widths[c]) for c in cols)
+    body = ["  ".join(str(r.get(c, "")).ljust(widths[c]) for c in cols) for r in rows]
+    return f"{title} ({len(rows)}):\n  " + "\n  ".join([line, *body]) + "\n"
+
+
+def render(info: dict[str, Any]) -> str:
+    if not info["loaded"]:
+        return f"network {info['network']}: not loaded (no pins under {info['pins']})\n"
+    head = (f"network {info['network']}  pins {info['pins']}  build {info['hash']}  "
+            f"uplink {info.get('uplink', '?')}  nodeIP {info.get('nodeIP', '?')}\n")
+    filters = "".join(f"  {dev}: ingress {f['ingress']} egress {f['egress']}\n"
+                      for dev, f in info["filters"].items())
+    return (head + "filters:\n" + filters
+            + _table("pods", info["pods"], ["ip", "device", "ifindex", "podENI"])
+            + _table("nat", info["nat"], ["proto", "pod", "dst", "nat", "idleSeconds"])
+            + _table("redirects", info["redirects"],
+                     ["ip", "hostVeth", "eni", "gateway", "hostMAC", "podMAC"]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="ferryctl", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    for name in ("load", "unload", "inspect", "gc"):
+        p = sub.add_parser(name)
+        p.add_argument("--config", required=True)
+        p.add_argument("--json", action="store_true")
+        if name == "load":
+            p.add_argument("--cflag", action="append", default=[],
+                           help="extra compile flag (part of the build hash)")
+        if name == "gc":
+            p.add_argument("--idle", type=float, default=300.0,
+                           help="expire NAT flows idle this many seconds")
+    args = ap.parse_args(argv)
+    from plugin.dataplane import ebpf  # after argparse: `ferryctl -h` stays cheap
+
+    try:
+        conf = read_config(args.config)
+        if args.cmd == "load":
+            out = ebpf.load_node(conf, tuple(args.cflag))
+        elif args.cmd == "unload":
+            out = ebpf.unload_node(conf)
+        elif args.cmd == "gc":
+            out = {"network": conf.name, "expired": ebpf.gc_nat(conf, args.idle)}
+        else:
+            out = ebpf.inspect(conf)
+            if not args.json:
+                sys.stdout.write(render(out))
+                return 0
+    except CniError as e:
+        print(f"ferryctl {args.cmd}: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        print("\n".join(f"{k}: {v}" for k, v in out.items()))
+    return 0
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,337 @@
+"""The eBPF dataplane: tc programs from bpf/snat.c and bpf/redirect.c, pinned per network.
+
+Node level (`load_node`, run once by `ferryctl load` or the node agent): compile or reopen the
+pins, write the SNAT config and exclusion CIDRs, attach ferry_snat_eg / ferry_snat_in on the
+uplink's clsact, and re-sync every recorded attachment into the (possibly new) maps.
+Pod level (`Ebpf.attach`, the CNI ADD): map updates only, plus for a pod with a pod ENI one
+filter on its host veth (what it sends) and one on its ENI (what it receives). The ADD path
+opens pins with raw bpf(2): it never imports bcc and never compiles.
+
+IPv4 only for now: IPv6 pod addresses are routed without SNAT or redirection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import importlib.util
+import ipaddress
+import platform
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from pyroute2 import IPRoute
+
+from loader import pins
+from loader.layouts import (
+    EP_F_POD_ENI,
+    Endpoint,
+    Excluded,
+    Ip4Key,
+    Lpm4Key,
+    NatConfig,
+    NatTuple4,
+    Redirect,
+    as_dict,
+    ip4,
+    ip4_str,
+    mac_bytes,
+    mac_str,
+    port_host,
+)
+from loader.maps import open_map
+from plugin import wiring
+from plugin.config import NetConf
+from plugin.dataplane import tc
+from plugin.log import log
+from plugin.protocol import CniError, Code
+from plugin.state import Attachment, StateStore
+
+MIN_KERNEL = (5, 11)  # bpf_redirect_neigh with a next hop, bpf_redirect_peer
+PROTOS = {socket.IPPROTO_TCP: "tcp", socket.IPPROTO_UDP: "udp", socket.IPPROTO_ICMP: "icmp"}
+EXCLUDED_BY_CONFIG, EXCLUDED_POD_CIDR = 1, 2
+
+
+def pin_dir(conf: NetConf) -> str:
+    return pins.pin_dir(conf.bpffs_root, conf.name)
+
+
+def _v4(ips: list[str]) -> list[str]:
+    return [ip.split("/")[0] for ip in ips if ":" not in ip]
+
+
+def probe(conf: NetConf) -> tuple[bool, str]:
+    """Can this node run the eBPF dataplane for `conf` right now? (ok, why). Cheap: no bcc
+    import, a few stat calls and one map read."""
+    release = platform.release()
+    try:
+        kernel = tuple(int(x) for x in release.split("-")[0].split(".")[:2])
+    except ValueError:
+        kernel = (0, 0)
+    if kernel < MIN_KERNEL:
+        return False, f"kernel {release} is older than {'.'.join(map(str, MIN_KERNEL))}"
+    if not pins.is_bpffs("/sys/fs/bpf"):
+        return False, "bpffs is not mounted at /sys/fs/bpf"
+    if importlib.util.find_spec("bcc") is None:
+        return False, "bcc (python3-bpfcc) is not importable"
+    if not any(Path(f"/lib/modules/{release}/{d}/include").is_dir() for d in ("build", "source")):
+        return False, f"no kernel headers under /lib/modules/{release}/build"
+    if pins.pinned_hash(pin_dir(conf)) is None:
+        return False, f"no loaded programs under {pin_dir(conf)} (run `ferryctl load`)"
+    return True, f"kernel {release}, bpffs, bcc, headers and pins under {pin_dir(conf)} ok"
+
+
+class Ebpf:
+    name = "ebpf"
+
+    def attach(self, conf: NetConf, att: Attachment) -> None:
+        d = pin_dir(conf)
+        if pins.pinned_hash(d) is None:
+            raise CniError(Code.TRY_AGAIN_LATER,
+                           f"the eBPF dataplane of network {conf.name} is not loaded",
+                           f"no complete pins under {d}: run `ferryctl load --config "
+                           "<this network's config file>` on the node, then retry")
+        v4 = _v4(att.ips)
+        with IPRoute() as ipr:
+            host_idx = _index(ipr, att.host_veth)
+            if host_idx is None:
+                raise CniError(Code.INTERNAL, f"host veth {att.host_veth} is missing")
+            flags = EP_F_POD_ENI if att.pod_eni else 0
+            with open_map(d, "ferry_endpoints") as eps:
+                for ip in v4:
+                    eps.put(Ip4Key(ip4(ip)), Endpoint(ifindex=host_idx, flags=flags))
+            if att.pod_eni:
+                self._attach_eni(d, att, ipr, host_idx, v4)
+
+    @staticmethod
+    def _attach_eni(d: str, att: Attachment, ipr: IPRoute, host_idx: int,
+                    v4: list[str]) -> None:
+        assert att.pod_eni is not None
+        device, gateway = att.pod_eni["device"], att.pod_eni.get("gateway")
+        eni_idx = _index(ipr, device)
+        if eni_idx is None:
+            raise CniError(Code.INVALID_CONFIG, f"pod ENI device {device} does not exist",
+                           "podENI.device must name a device in the node's namespace")
+        host_mac = ipr.get_links(host_idx)[0].get_attr("IFLA_ADDRESS")
+        with wiring.netns(att.netns) as pod:
+            pod_idx = _index(pod, att.ifname)
+            if pod_idx is None:
+                raise CniError(Code.INTERNAL, f"{att.ifname} is missing in the container")
+            pod_mac = pod.get_links(pod_idx)[0].get_attr("IFLA_ADDRESS")
+        entry = Redirect(host_ifindex=host_idx, eni_ifindex=eni_idx,
+                         gateway=ip4(gateway) if gateway else 0)
+        ctypes.memmove(entry.host_mac, mac_bytes(host_mac), 6)
+        ctypes.memmove(entry.pod_mac, mac_bytes(pod_mac), 6)
+        with open_map(d, "ferry_redirect") as rd:
+            for ip in v4:
+                rd.put(Ip4Key(ip4(ip)), entry)
+        tc.attach(ipr, host_idx, "ingress", pins.prog_path(d, "ferry_eni_eg"), "ferry_eni_eg")
+        tc.attach(ipr, eni_idx, "ingress", pins.prog_path(d, "ferry_eni_in"), "ferry_eni_in")
+
+    def detach(self, conf: NetConf, att: Attachment) -> None:
+        """Remove the pod's map entries and filters; whatever is already gone is skipped."""
+        d = pin_dir(conf)
+        for name in ("ferry_endpoints", "ferry_redirect"):
+            with contextlib.suppress(OSError), open_map(d, name) as m:
+                for ip in _v4(att.ips):
+                    m.delete(Ip4Key(ip4(ip)))
+        with IPRoute() as ipr:
+            host_idx = _index(ipr, att.host_veth)
+            if host_idx is not None and att.pod_eni:
+                tc.detach(ipr, host_idx, "ingress")
+            eni_idx = _index(ipr, att.pod_eni["device"]) if att.pod_eni else None
+            if eni_idx is not None:
+                tc.detach(ipr, eni_idx, "ingress")
+                tc.drop_clsact_if_empty(ipr, eni_idx)
+
+
+def _index(ipr: IPRoute, name: str) -> int | None:
+    found = ipr.link_lookup(ifname=name)
+    return found[0] if found else None
+
+
+def resolve_uplink(conf: NetConf, ipr: IPRoute) -> tuple[str, int, ipaddress.IPv4Address]:
+    """(device, ifindex, node IPv4): config first, else the device holding nodeIP, else the
+    default route's device; the node IP defaults to the device's first global IPv4."""
+    idx: int | None = None
+    if conf.uplink:
+        idx = _index(ipr, conf.uplink)
+        if idx is None:
+            raise CniError(Code.INVALID_CONFIG, f"uplink device {conf.uplink} does not exist")
+    elif conf.node_ip is not None:
+        for a in ipr.get_addr():
+            if a.get_attr("IFA_ADDRESS") == str(conf.node_ip):
+                idx = a["index"]
+    else:
+        for r in ipr.get_default_routes(family=socket.AF_INET):
+            idx = r.get_attr("RTA_OIF")
+            break
+    if idx is None:
+        raise CniError(Code.INVALID_CONFIG, "cannot tell the uplink device",
+                       "set `uplink` (or `nodeIP`) in the network config")
+    node_ip: ipaddress.IPv4Address | None = None
+    if isinstance(conf.node_ip, ipaddress.IPv4Address):
+        node_ip = conf.node_ip
+    else:
+        for a in ipr.get_addr(index=idx, family=socket.AF_INET):
+            if a["scope"] == 0:
+                node_ip = ipaddress.IPv4Address(a.get_attr("IFA_ADDRESS"))
+                break
+    if node_ip is None:
+        raise CniError(Code.INVALID_CONFIG, "the uplink has no IPv4 address to SNAT to",
+                       "set `nodeIP`")
+    name = ipr.get_links(idx)[0].get_attr("IFLA_IFNAME")
+    return name, idx, node_ip
+
+
+def load_node(conf: NetConf, cflags: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Compile or reopen, configure, attach on the uplink and re-sync the pods. Idempotent:
+    the node agent calls it at every start, `ferryctl load` by hand."""
+    res = pins.load(conf.bpffs_root, conf.name, cflags=cflags)
+    with IPRoute() as ipr:
+        uplink, idx, node_ip = resolve_uplink(conf, ipr)
+        low, high = conf.snat_ports
+        with open_map(res.dir, "ferry_nat_cfg") as cfg:
+            cfg.put(ctypes.c_uint32(0), NatConfig(node_ip=ip4(node_ip), port_min=low,
+                                                  port_max=high, uplink_ifindex=idx))
+        _fill_exclusions(conf, res.dir)
+        tc.attach(ipr, idx, "egress", pins.prog_path(res.dir, "ferry_snat_eg"),
+                  "ferry_snat_eg")
+        tc.attach(ipr, idx, "ingress", pins.prog_path(res.dir, "ferry_snat_in"),
+                  "ferry_snat_in")
+    synced = 0
+    dataplane = Ebpf()
+    for att in StateStore(conf.state_dir, conf.name).all():
+        if not att.complete:
+            continue
+        try:
+            dataplane.attach(conf, att)
+            synced += 1
+        except (CniError, OSError) as e:
+            log.warning("load: cannot re-sync %s/%s: %s", att.container_id, att.ifname, e)
+    summary = {"network": conf.name, "pins": res.dir, "compiled": res.compiled,
+               "seconds": round(res.seconds, 4), "hash": res.hash[:16], "uplink": uplink,
+               "nodeIP": str(node_ip), "snatPorts": f"{low}-{high}", "progIds": res.prog_ids,
+               "synced": synced}
+    log.info("ebpf dataplane %s", "compiled and pinned" if res.compiled else
+             "reused from pins (no compile)", extra=summary)
+    return summary
+
+
+def _fill_exclusions(conf: NetConf, d: str) -> None:
+    """snatExcludeCidrs plus the pod CIDRs (pod-to-pod traffic between nodes keeps pod IPs)."""
+    want: dict[tuple[int, int], int] = {}
+    for net in conf.snat_exclude_cidrs:
+        if net.version == 4:
+            want[(net.prefixlen, ip4(net.network_address))] = EXCLUDED_BY_CONFIG
+    for rs in conf.ipam.ranges:
+        for r in rs:
+            if r.subnet.version == 4:
+                want.setdefault((r.subnet.prefixlen, ip4(r.subnet.network_address)),
+                                EXCLUDED_POD_CIDR)
+    with open_map(d, "ferry_snat_excl") as ex:
+        for k in list(ex.keys()):
+            if (k.prefixlen, k.addr) not in want:
+                ex.delete(k)
+        for (plen, addr), reason in want.items():
+            ex.put(Lpm4Key(prefixlen=plen, addr=addr), Excluded(reason=reason))
+
+
+def unload_node(conf: NetConf) -> dict[str, Any]:
+    """Detach everything ferry put on devices for this network, then remove the pins."""
+    removed: list[str] = []
+    with IPRoute() as ipr, contextlib.suppress(CniError):
+        uplink, idx, _ = resolve_uplink(conf, ipr)
+        for direction in ("egress", "ingress"):
+            if tc.detach(ipr, idx, direction):  # type: ignore[arg-type]
+                removed.append(f"{uplink} {direction}")
+        tc.drop_clsact_if_empty(ipr, idx)
+    dataplane = Ebpf()
+    for att in StateStore(conf.state_dir, conf.name).all():
+        if att.pod_eni:
+            dataplane.detach(conf, att)
+            removed.append(f"pod ENI {att.pod_eni['device']} of {att.container_id}")
+    existed = pins.unload(conf.bpffs_root, conf.name)
+    return {"network": conf.name, "pins": pin_dir(conf), "removedPins": existed,
+            "detached": removed}
+
+
+def inspect(conf: NetConf) -> dict[str, Any]:
+    """Pods, NAT entries, redirects and filters, decoded with the shared layouts."""
+    d = pin_dir(conf)
+    out: dict[str, Any] = {"network": conf.name, "pins": d, "loaded": False,
+                           "pods": [], "nat": [], "redirects": [], "filters": {}}
+    digest = pins.pinned_hash(d)
+    if digest is None:
+        return out
+    out["loaded"], out["hash"] = True, digest[:16]
+    out["progIds"] = pins.prog_ids(d)
+    now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+    with open_map(d, "ferry_endpoints") as eps:
+        for k, v in eps.items():
+            out["pods"].append({"ip": ip4_str(k.addr), "ifindex": v.ifindex,
+                                "device": _ifname(v.ifindex),
+                                "podENI": bool(v.flags & EP_F_POD_ENI)})
+    with open_map(d, "ferry_nat_fwd") as fwd:
+        for k, v in fwd.items():
+            out["nat"].append(_nat_row(k, v, now))
+    with open_map(d, "ferry_redirect") as rd:
+        for k, r in rd.items():
+            raw = as_dict(r)
+            out["redirects"].append({
+                "ip": ip4_str(k.addr), "hostVeth": _ifname(r.host_ifindex),
+                "eni": _ifname(r.eni_ifindex),
+                "gateway": ip4_str(r.gateway) if r.gateway else "",
+                "hostMAC": mac_str(raw["host_mac"]), "podMAC": mac_str(raw["pod_mac"])})  # type: ignore[arg-type]
+    with IPRoute() as ipr, contextlib.suppress(CniError):
+        uplink, idx, node_ip = resolve_uplink(conf, ipr)
+        out["uplink"], out["nodeIP"] = uplink, str(node_ip)
+        out["filters"][uplink] = {dr: tc.filters(ipr, idx, dr)  # type: ignore[arg-type]
+                                  for dr in ("ingress", "egress")}
+    return out
+
+
+def _nat_row(k: NatTuple4, v: Any, now: int) -> dict[str, Any]:
+    proto = PROTOS.get(k.proto, str(k.proto))
+    return {"proto": proto, "pod": f"{ip4_str(k.saddr)}:{port_host(k.sport)}",
+            "dst": f"{ip4_str(k.daddr)}:{port_host(k.dport)}",
+            "nat": f"{ip4_str(v.addr)}:{port_host(v.port)}",
+            "idleSeconds": round(max(0, now - v.last_used) / 1e9, 1)}
+
+
+def _ifname(index: int) -> str:
+    try:
+        return socket.if_indextoname(index)
+    except OSError:
+        return f"#{index}"
+
+
+def gc_nat(conf: NetConf, idle_seconds: float) -> int:
+    """Expire NAT pairs idle for longer than `idle_seconds` in both directions; returns how
+    many flows were removed. The LRU maps also evict under pressure; this keeps them small."""
+    d = pin_dir(conf)
+    now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+    limit = int(idle_seconds * 1e9)
+    removed = 0
+    with open_map(d, "ferry_nat_fwd") as fwd, open_map(d, "ferry_nat_rev") as rev:
+        for k, v in fwd.items():
+            rk = _reverse_key(k, v)
+            back = rev.get(rk)
+            last = max(v.last_used, back.last_used if back is not None else 0)
+            if now - last > limit:
+                fwd.delete(k)
+                rev.delete(rk)
+                removed += 1
+        for k, v in rev.items():  # reverse entries whose forward half the LRU evicted
+            if now - v.last_used > limit:
+                rev.delete(k)
+    return removed
+
+
+def _reverse_key(k: NatTuple4, v: Any) -> NatTuple4:
+    """The reply's tuple for a forward entry (ICMP: the id travels in dport)."""
+    icmp = k.proto == socket.IPPROTO_ICMP
+    return NatTuple4(saddr=k.daddr, daddr=v.addr, sport=0 if icmp else k.dport, dport=v.port,
+                     proto=k.proto)

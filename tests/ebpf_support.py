@@ -1,0 +1,162 @@
+"""Support for the eBPF dataplane tests: a node with the dataplane loaded (and always unloaded,
+pins removed, even when the test fails), `ferryctl` runs in the node's namespace, and servers
+in the 'ext' namespace that record the source address and port of what they receive."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness import Netns, Node, uid
+
+FERRYCTL = str(Path(sys.executable).parent / "ferryctl")
+
+
+@dataclass
+class EbpfNode:
+    node: Node
+    conf: dict[str, Any]
+    conf_path: Path
+    root: str
+
+    @property
+    def pin_dir(self) -> str:
+        return os.path.join(self.root, self.node.network)
+
+    def ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(["nsenter", f"--net={self.node.ns.path}", FERRYCTL, *args,
+                               "--config", str(self.conf_path)],
+                              capture_output=True, text=True, check=False, timeout=120)
+        if check:
+            assert proc.returncode == 0, f"ferryctl {args}: {proc.stdout} {proc.stderr}"
+        return proc
+
+    def load(self, *cflags: str) -> dict[str, Any]:
+        flags = [a for f in cflags for a in ("--cflag", f)]
+        return json.loads(self.ctl("load", "--json", *flags).stdout)
+
+    def inspect(self) -> dict[str, Any]:
+        return json.loads(self.ctl("inspect", "--json").stdout)
+
+    def add_pod(self, name: str | None = None, **overrides: Any) -> Any:
+        return self.node.add_pod(name, conf={**self.conf, **overrides})
+
+
+@contextlib.contextmanager
+def ebpf_node(ext_routes_pods: bool = False, load: bool = True,
+              **overrides: Any) -> Iterator[EbpfNode]:
+    """A harness Node whose network uses dataplane ebpf with pins under a private bpffs root."""
+    root = f"/sys/fs/bpf/ferry-test-{uid()}"
+    with Node.create(ext_routes_pods=ext_routes_pods) as node:
+        conf = node.conf(dataplane="ebpf", nodeIP=node.node_ip4, bpffsRoot=root,
+                         uplink="uplink0", **overrides)
+        path = node.tmp / "net.conf"
+        path.write_text(json.dumps(conf))
+        en = EbpfNode(node=node, conf=conf, conf_path=path, root=root)
+        try:
+            if load:
+                en.load()
+            yield en
+        finally:
+            with contextlib.suppress(Exception):
+                en.ctl("unload", check=False)
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def tc_show(ns: Netns, dev: str, direction: str) -> str:
+    return ns.run("tc", "filter", "show", "dev", dev, direction, check=False)
+
+
+def link_stats(ns: Netns, dev: str) -> dict[str, int]:
+    data = json.loads(ns.ip("-s", "-j", "link", "show", "dev", dev))
+    s = data[0]["stats64"]
+    return {"rx": s["rx"]["packets"], "tx": s["tx"]["packets"]}
+
+
+# A server for the ext namespace: prints "ready", then "<ip> <port>" per flow it sees
+# (TCP: per accepted connection, echoing; UDP: per datagram, echoing; ICMP: per echo
+# request seen on a raw socket; the kernel answers the ping itself).
+RECORDER = r"""
+import select, socket, sys, threading
+mode, ip, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+def out(a, p):
+    sys.stdout.write(f"{a} {p}\n"); sys.stdout.flush()
+if mode == "tcp":
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((ip, port)); s.listen(1024); print("ready", flush=True)
+    def serve(c):
+        with c:
+            while True:
+                d = c.recv(64)
+                if not d: return
+                c.sendall(d)
+    while True:
+        c, a = s.accept(); out(*a)
+        threading.Thread(target=serve, args=(c,), daemon=True).start()
+elif mode == "udp":
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((ip, port))
+    print("ready", flush=True)
+    while True:
+        d, a = s.recvfrom(2048); out(*a); s.sendto(d, a)
+else:
+    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    print("ready", flush=True)
+    while True:
+        d, a = s.recvfrom(2048)
+        ihl = (d[0] & 15) * 4
+        if d[ihl] == 8:
+            out(a[0], int.from_bytes(d[ihl + 4:ihl + 6], "big"))
+"""
+
+# A client for a pod: N flows to ip:port held open together, each checked by an echo.
+CLIENT = r"""
+import socket, sys
+mode, ip, port, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+socks = []
+for i in range(n):
+    if mode == "tcp":
+        c = socket.create_connection((ip, port), timeout=10)
+        c.sendall(b"ferry%d" % i); assert c.recv(64) == b"ferry%d" % i
+    else:
+        c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); c.settimeout(3)
+        c.sendto(b"ferry%d" % i, (ip, port)); assert c.recvfrom(64)[0] == b"ferry%d" % i
+    socks.append(c)
+print("ok", len(socks), flush=True)
+"""
+
+
+@contextlib.contextmanager
+def recorder(ns: Netns, mode: str, ip: str, port: int = 0) -> Iterator[subprocess.Popen]:
+    proc = ns.popen("python3", "-u", "-c", RECORDER, mode, ip, str(port),
+                    stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def seen(proc: subprocess.Popen, count: int) -> list[tuple[str, int]]:
+    """The next `count` records of a recorder (blocks until they arrive)."""
+    assert proc.stdout is not None
+    out = []
+    for _ in range(count):
+        line = proc.stdout.readline().split()
+        assert line, "recorder ended early"
+        out.append((line[0], int(line[1])))
+    return out
+
+
+def client(ns: Netns, mode: str, ip: str, port: int, flows: int = 1) -> None:
+    out = ns.run("python3", "-c", CLIENT, mode, ip, str(port), str(flows))
+    assert out.strip() == f"ok {flows}", out
