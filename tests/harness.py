@@ -272,3 +272,63 @@ def tcp_roundtrip(client: Netns, server: Netns, server_ip: str, port: int = 8080
     finally:
         srv.kill()
         srv.wait()
+
+
+FERRYD = os.environ.get("FERRYD", str(Path(__file__).resolve().parents[1] / ".venv/bin/ferryd"))
+
+
+class Agent:
+    """ferryd running inside a Node's netns with its sockets in the node's temp dir."""
+
+    def __init__(self, node: Node, conf: dict[str, Any]) -> None:
+        self.node = node
+        self.conf = conf
+        self.socket = conf["agentSocket"]
+        self.grpc_socket = str(node.tmp / "ferryd-grpc.sock")
+        self.conflist = node.tmp / "ferry.conflist"
+        plugin = {k: v for k, v in conf.items() if k not in ("name", "cniVersion")}
+        self.conflist.write_text(json.dumps({"cniVersion": conf["cniVersion"],
+                                             "name": conf["name"], "plugins": [plugin]}))
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self) -> Agent:
+        self.proc = subprocess.Popen(
+            ["nsenter", f"--net={self.node.ns.path}", FERRYD, "--config", str(self.conflist),
+             "--grpc-socket", self.grpc_socket, "--metrics", "127.0.0.1:9661"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise AssertionError(f"ferryd did not start: {self.proc.stderr.read()}")
+        assert json.loads(line)["ready"]
+        return self
+
+    def stop(self, sig: int = 15) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        rc = self.proc.wait(timeout=30)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream:
+                stream.close()
+        self.proc = None
+        return rc
+
+    def stub(self) -> Any:
+        import grpc
+
+        from plugin.agent import ferry_pb2_grpc
+
+        channel = grpc.insecure_channel(f"unix:{self.grpc_socket}")
+        return ferry_pb2_grpc.FerryStub(channel)
+
+    @classmethod
+    @contextlib.contextmanager
+    def running(cls, node: Node, **overrides: Any) -> Iterator[Agent]:
+        agent = cls(node, node.conf(agentSocket=str(node.tmp / "ferryd.sock"), **overrides))
+        agent.start()
+        try:
+            yield agent
+        finally:
+            if agent.proc is not None:
+                agent.stop()

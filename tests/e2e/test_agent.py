@@ -1,0 +1,212 @@
+"""ferryd end to end: the relay, standalone fallback, crash recovery, gRPC introspection."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from harness import Agent, CniCall, Node, Pod, ping, tcp_roundtrip
+
+from plugin.agent import ferry_pb2 as pb
+
+
+def _served(agent: Agent) -> int:
+    return agent.stub().Health(pb.Empty(), timeout=10).requests_served
+
+
+def _shape(result: dict) -> dict:
+    """A result without the values that differ between two pods (MACs, names, and the IPs
+    themselves: round-robin hands the second pod the next address)."""
+    return {"ips": [(ip["address"].split("/")[1], ip["gateway"]) for ip in result["ips"]],
+            "routes": result["routes"], "cniVersion": result["cniVersion"],
+            "interfaces": [sorted(i) for i in result["interfaces"]]}
+
+
+def test_same_results_with_and_without_agent(node: Node) -> None:
+    with Agent.running(node) as agent:
+        via_agent = node.add_pod("via-agent", agent.conf)
+        assert _served(agent) == 1  # the binary relayed, it did not run standalone
+        node.cni("DEL", via_agent, agent.conf).ok()
+        assert _served(agent) == 2
+    # ferryd is gone: the same binary and config now run standalone, with the same outcome.
+    standalone = node.add_pod("standalone", agent.conf)
+    assert _shape(standalone.result) == _shape(via_agent.result)  # type: ignore[arg-type]
+    assert ping(standalone.ns, node.node_ip4)
+    node.cni("DEL", standalone, agent.conf).ok()
+
+
+def test_agent_error_is_the_result(node: Node) -> None:
+    with Agent.running(node) as agent:
+        pod = node.new_pod()
+        bad = dict(agent.conf, mtu=10)
+        err = node.cni("ADD", pod, bad).error(7)
+        assert "mtu" in err["msg"]
+        assert _served(agent) == 1  # answered by ferryd, not by a silent standalone retry
+
+
+def test_sockets_are_root_only_and_removed_on_sigterm(node: Node) -> None:
+    agent = Agent(node, node.conf(agentSocket=str(node.tmp / "ferryd.sock"))).start()
+    for path in (agent.socket, agent.grpc_socket):
+        mode = os.stat(path).st_mode
+        assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o600, oct(mode)
+    assert agent.stop() == 0
+    assert not Path(agent.socket).exists() and not Path(agent.grpc_socket).exists()
+
+
+def test_hundred_pods_eight_in_parallel_no_duplicates(node: Node) -> None:
+    with Agent.running(node) as agent:
+        pods = [node.new_pod(f"p{i}") for i in range(100)]
+        with ThreadPoolExecutor(8) as pool:
+            calls = list(pool.map(lambda p: node.cni("ADD", p, agent.conf), pods))
+        for pod, call in zip(pods, calls, strict=True):
+            pod.result = call.ok()
+        for version in (4, 6):
+            ips = [p.ips(version)[0] for p in pods]
+            assert len(set(ips)) == 100
+        assert _served(agent) == 100
+        with ThreadPoolExecutor(8) as pool:
+            for call in pool.map(lambda p: node.cni("DEL", p, agent.conf), pods):
+                call.ok()
+    assert "fry" not in node.ns.ip("link", "show")
+    assert not [f for f in (node.tmp / "ipam" / node.network).iterdir() if f.name[0] in "1f"]
+
+
+def test_sigkill_during_add_burst_then_reconcile(node: Node) -> None:
+    """Kill -9 ferryd while ADDs are in flight. The runtime DELs half of the failed pods;
+    ferryd's start-up reconcile must clean up after the rest: no duplicate IP, no leaked IP,
+    link or record."""
+    agent = Agent(node, node.conf(agentSocket=str(node.tmp / "ferryd.sock"))).start()
+    pods = [node.new_pod(f"burst{i}") for i in range(40)]
+    results: dict[str, CniCall] = {}
+
+    def add(pod: Pod) -> None:
+        results[pod.name] = node.cni("ADD", pod, agent.conf)
+
+    threads = [threading.Thread(target=add, args=(p,)) for p in pods]
+    for t in threads:
+        t.start()
+        time.sleep(0.01)
+    time.sleep(0.3)
+    assert agent.proc is not None
+    agent.proc.kill()
+    for t in threads:
+        t.join()
+    agent.stop()
+    ok = [p for p in pods if results[p.name].rc == 0]
+    failed = [p for p in pods if results[p.name].rc != 0]
+    assert ok, "no ADD finished before the kill: the test did not test anything"
+    for i, pod in enumerate(failed):
+        if i % 2 == 0:
+            node.cni("DEL", pod, agent.conf).ok()  # falls back to standalone: ferryd is dead
+
+    agent.start()  # reconcile runs before the socket opens
+    try:
+        for pod in ok:
+            pod.result = results[pod.name].json
+        for version in (4, 6):
+            ips = [p.ips(version)[0] for p in ok]
+            assert len(set(ips)) == len(ips)
+        held = {f.name for f in (node.tmp / "ipam" / node.network).iterdir()
+                if f.name[0].isdigit() or ":" in f.name}
+        assert held == {ip for p in ok for ip in p.ips(4) + p.ips(6)}
+        records = {r.name for r in (node.tmp / "state" / node.network).iterdir()}
+        assert records == {f"{p.container_id}.eth0.json" for p in ok}
+        links = node.ns.ip("-o", "link", "show").count("fry")
+        assert links == len(ok)
+        for pod in failed:
+            assert "eth0" not in pod.ns.ip("-o", "link", "show")
+        assert ping(ok[0].ns, node.node_ip4)
+    finally:
+        agent.stop()
+
+
+def test_grpc_introspection_matches_the_node(node: Node) -> None:
+    with Agent.running(node) as agent:
+        pods = [node.add_pod(f"intro{i}", agent.conf) for i in range(3)]
+        stub = agent.stub()
+        endpoints = stub.ListEndpoints(pb.Empty(), timeout=10).endpoints
+        assert {e.pod_name for e in endpoints} == {p.name for p in pods}
+        host_links = node.ns.ip("-o", "link", "show")
+        for e in endpoints:
+            assert e.host_veth in host_links and e.complete
+            pod = next(p for p in pods if p.name == e.pod_name)
+            assert {ip.split("/")[0] for ip in e.ips} == set(pod.ips(4) + pod.ips(6))
+            route = node.ns.ip("route", "show", f"{pod.ips(4)[0]}/32")
+            assert f"dev {e.host_veth}" in route
+        pools = stub.GetIpamPools(pb.Empty(), timeout=10)
+        files = {f.name for f in (node.tmp / "ipam" / node.network).iterdir()}
+        reserved = {r.ip for pool in pools.pools for r in pool.reservations}
+        assert reserved == {f for f in files if f[0].isdigit() or ":" in f}
+        v4 = next(pool for pool in pools.pools if pool.subnets == node.pod_cidr4)
+        assert (v4.total, v4.used, v4.free) == (253, 3, 250)
+        health = stub.Health(pb.Empty(), timeout=10)
+        assert health.ok and health.network == node.network
+        reply = stub.AddNetwork(pb.NetworkRequest(
+            container_id="grpcadd1", netns=node.new_pod("grpc").ns.path, ifname="eth0",
+            k8s_pod_namespace="default", k8s_pod_name="grpc"), timeout=30)
+        assert reply.success and reply.host_veth in node.ns.ip("-o", "link", "show")
+        assert json.loads(reply.cni_json)["ips"][0]["address"] == reply.ips[0]
+        reply = stub.DelNetwork(pb.NetworkRequest(container_id="grpcadd1", ifname="eth0",
+                                                  k8s_pod_name="grpc",
+                                                  k8s_pod_namespace="default"), timeout=30)
+        assert reply.success
+        metrics = node.ns.run("python3", "-c", "import urllib.request as u;print(u.urlopen("
+                              "'http://127.0.0.1:9661/metrics').read().decode())")
+        assert 'ferry_cni_requests_total{command="ADD",result="ok"} 4.0' in metrics
+        assert 'ferry_ipam_ips_used{pool="10.20.0.0/24"} 3.0' in metrics
+
+
+def test_restart_keeps_pods_working(node: Node) -> None:
+    """Pods keep their connectivity while ferryd is down and after it comes back."""
+    agent = Agent(node, node.conf(agentSocket=str(node.tmp / "ferryd.sock"))).start()
+    try:
+        pod = node.add_pod("steady", agent.conf)
+        server = node.ext.popen("python3", "-c", _ECHO_SERVER.format(ip=node.ext_ip4),
+                                stdout=subprocess.PIPE, text=True)
+        assert server.stdout and server.stdout.readline().strip() == "ready"
+        client = pod.ns.popen("python3", "-c", _STEADY_CLIENT.format(ip=node.ext_ip4),
+                              stdout=subprocess.PIPE, text=True)
+        try:
+            time.sleep(0.5)
+            agent.stop(9)  # crash
+            time.sleep(0.5)
+            assert ping(pod.ns, node.node_ip4)
+            agent.start()
+            time.sleep(0.5)
+            out, _ = client.communicate(timeout=30)
+            assert out.strip() == "ok 30", out  # one TCP connection, 30 echoes, no reset
+        finally:
+            server.kill()
+            client.kill()
+            server.wait()
+        assert tcp_roundtrip(pod.ns, node.ext, node.ext_ip4) == pod.ips(4)[0]
+        node.cni("DEL", pod, agent.conf).ok()
+    finally:
+        if agent.proc is not None:
+            agent.stop()
+
+
+_ECHO_SERVER = """
+import socket
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("{ip}", 9090)); s.listen(1); print("ready", flush=True)
+s.settimeout(30); c, _ = s.accept()
+while (data := c.recv(64)):
+    c.sendall(data)
+"""
+
+_STEADY_CLIENT = """
+import socket, time
+c = socket.create_connection(("{ip}", 9090), timeout=10)
+n = 0
+for i in range(30):
+    c.sendall(b"x%d" % i); assert c.recv(64) == b"x%d" % i; n += 1; time.sleep(0.1)
+print("ok", n)
+"""
+
