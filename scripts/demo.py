@@ -185,6 +185,10 @@ def build_node(d: Demo) -> None:
         "peer", "name", "eth0", "netns", d.ext)
     for ns, dev, ip4, ip6 in ((d.node, "uplink", NODE_IP4, NODE_IP6),
                               (d.ext, "eth0", EXT_IP4, EXT_IP6)):
+        # No DAD on the uplink: a tentative link-local address would hold back the node's
+        # first neighbour solicitation for forwarded pod traffic by about a second.
+        run("nsenter", f"--net={NETNS_DIR / ns}", "sysctl", "-q", "-w",
+            f"net.ipv6.conf.{dev}.accept_dad=0")
         run("ip", "-n", ns, "addr", "add", f"{ip4}/24", "dev", dev)
         run("ip", "-n", ns, "addr", "add", f"{ip6}/64", "dev", dev, "nodad")
         run("ip", "-n", ns, "link", "set", dev, "up")
@@ -354,7 +358,7 @@ def preflight() -> list[str]:
         problems.append("run as root (sudo bash scripts/demo.sh)")
     if not os.access(CNI_BIN / "ferry", os.X_OK):
         problems.append(f"{CNI_BIN / 'ferry'} missing: run scripts/setup.sh")
-    problems += [f"{tool} not found" for tool in ("ip", "nsenter", "ping")
+    problems += [f"{tool} not found" for tool in ("ip", "nsenter", "ping", "sysctl")
                  if shutil.which(tool) is None]
     return problems
 
