@@ -146,8 +146,8 @@ class Mode:
             ranges.append([{"subnet": self.subnet6}])
         return {"type": "host-local", "dataDir": str(node.work / "ipam"), "ranges": ranges}
 
-    def ipam_files(self, node: Node) -> list[str]:
-        """Reservation files left in the IPAM dataDir (lock and last_reserved_ip.N aside)."""
+    def leftovers(self, node: Node) -> list[str]:
+        """Files a complete DEL removes: IP reservations in the IPAM dataDir."""
         d = node.work / "ipam" / self.network
         if not d.is_dir():
             return []
@@ -169,6 +169,10 @@ class FerryStandalone(Mode):
                 "stateDir": str(node.work / "state"),
                 "log": {"file": str(node.work / "ferry.log")},
                 "ipam": self.ipam(node, dual)}
+
+    def leftovers(self, node: Node) -> list[str]:
+        records = node.work / "state" / self.network
+        return super().leftovers(node) + sorted(p.name for p in records.glob("*.json"))
 
     def env(self, ferry_src: str | None) -> dict[str, str]:
         # The binary's own directory comes first on sys.path, then PYTHONPATH, then the
@@ -275,9 +279,9 @@ class Bench:
 
     def assert_clean(self, mode: Mode) -> None:
         links = [name for name in self.node.links() if name != "lo"]
-        files = mode.ipam_files(self.node)
+        files = mode.leftovers(self.node)
         if links or files or self.node.pods:
-            raise BenchError(f"{mode.label} left state behind: links={links} ipam={files} "
+            raise BenchError(f"{mode.label} left state behind: links={links} files={files} "
                              f"netns={sorted(self.node.pods)}")
 
 

@@ -109,7 +109,7 @@ class Demo:
     def state_dir(self) -> Path:
         return self.work / "state" / NETWORK
 
-    def netconf(self, **extra: Any) -> dict[str, Any]:
+    def netconf(self, **extra: object) -> dict[str, Any]:
         return {"cniVersion": "1.0.0", "name": NETWORK, "type": "ferry", "mtu": 1400,
                 # No node agent in this demo (yet): nobody listens on this private socket, so
                 # the binary runs every request itself and never reaches another ferryd.
