@@ -2,6 +2,10 @@
 
 `host-local` and `ferry-host-local` run in-process (same on-disk store as the reference
 plugin); any other `ipam.type` is exec'd the way the reference plugins delegate.
+
+Importing this package loads the standard library only (the ferry-host-local launcher runs
+Python with -I -S and imports plugin.ipam.cli before the venv's site-packages are enabled):
+pydantic comes in with plugin.config and plugin.ipam.allocator, imported where used.
 """
 
 from __future__ import annotations
@@ -10,31 +14,36 @@ import json
 import os
 import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from plugin.config import NetConf, to_address
-from plugin.ipam.allocator import Allocator
 from plugin.protocol import Address, CniError, Code, Request, Result
+
+if TYPE_CHECKING:
+    from plugin.config import NetConf
+    from plugin.ipam.allocator import Allocator
 
 DELEGATE_TIMEOUT_S = 30
 
 
 def requested_ips(conf: NetConf, req: Request) -> list[Address]:
     """runtimeConfig.ips, args.cni.ips and CNI_ARGS IP=a,b (host-local's conventions)."""
+    from plugin.config import to_address
+
     extra = [to_address(v) for v in req.args.get("IP", "").split(",") if v]
     return conf.requested_ips + extra
 
 
 def add(conf: NetConf, req: Request) -> Result:
     if conf.ipam.builtin:
-        return Allocator(conf.ipam, conf.name).allocate(req.container_id, req.ifname,
-                                                        requested_ips(conf, req))
+        return _allocator(conf).allocate(req.container_id, req.ifname,
+                                         requested_ips(conf, req))
     out = _delegate(conf, req, "ADD")
     return Result.from_dict(out or {})
 
 
 def release(conf: NetConf, req: Request) -> None:
     if conf.ipam.builtin:
-        Allocator(conf.ipam, conf.name).release(req.container_id, req.ifname)
+        _allocator(conf).release(req.container_id, req.ifname)
     else:
         _delegate(conf, req, "DEL")
 
@@ -43,11 +52,17 @@ def check(conf: NetConf, req: Request, ips: list[Address]) -> None:
     if not conf.ipam.builtin:
         _delegate(conf, req, "CHECK")
         return
-    held = set(Allocator(conf.ipam, conf.name).held(req.container_id, req.ifname))
+    held = set(_allocator(conf).held(req.container_id, req.ifname))
     missing = [str(ip) for ip in ips if ip not in held]
     if missing:
         raise CniError(Code.CHECK_FAILED, "IPAM holds no reservation for the container's IPs",
                        ", ".join(missing))
+
+
+def _allocator(conf: NetConf) -> Allocator:
+    from plugin.ipam.allocator import Allocator
+
+    return Allocator(conf.ipam, conf.name)
 
 
 def _delegate(conf: NetConf, req: Request, command: str) -> dict | None:
