@@ -1,6 +1,6 @@
 """ferryctl: node-level control of the eBPF dataplane.
 
-  ferryctl load    --config FILE [--cflag -DX=1]   compile (or reuse the pins), attach, re-sync
+  ferryctl load    --config FILE [--cflag=-DX=1]   compile (or reuse the pins), attach, re-sync
   ferryctl unload  --config FILE                   detach and remove the pins
   ferryctl inspect --config FILE [--json]         pods, NAT entries, redirects, filters
   ferryctl gc      --config FILE [--idle 300]     expire idle NAT entries
@@ -62,10 +62,12 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--idle", type=float, default=300.0,
                            help="expire NAT flows idle this many seconds")
     args = ap.parse_args(argv)
-    from plugin.dataplane import ebpf  # after argparse: `ferryctl -h` stays cheap
+    from plugin import log as logging_setup  # after argparse: `ferryctl -h` stays cheap
+    from plugin.dataplane import ebpf
 
     try:
         conf = read_config(args.config)
+        logging_setup.setup(conf.log)
         if args.cmd == "load":
             out = ebpf.load_node(conf, tuple(args.cflag))
         elif args.cmd == "unload":

@@ -40,7 +40,7 @@ class EbpfNode:
         return proc
 
     def load(self, *cflags: str) -> dict[str, Any]:
-        flags = [a for f in cflags for a in ("--cflag", f)]
+        flags = [f"--cflag={f}" for f in cflags]  # "=": the value starts with a dash
         return json.loads(self.ctl("load", "--json", *flags).stdout)
 
     def inspect(self) -> dict[str, Any]:

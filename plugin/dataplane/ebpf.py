@@ -137,6 +137,8 @@ class Ebpf:
             with contextlib.suppress(OSError), open_map(d, name) as m:
                 for ip in _v4(att.ips):
                     m.delete(Ip4Key(ip4(ip)))
+        with contextlib.suppress(OSError):
+            _purge_nat(d, {ip4(ip) for ip in _v4(att.ips)})
         with IPRoute() as ipr:
             host_idx = _index(ipr, att.host_veth)
             if host_idx is not None and att.pod_eni:
@@ -328,6 +330,21 @@ def gc_nat(conf: NetConf, idle_seconds: float) -> int:
             if now - v.last_used > limit:
                 rev.delete(k)
     return removed
+
+
+def _purge_nat(d: str, addrs: set[int]) -> None:
+    """Drop the NAT flows of a deleted pod, so that its IP's next owner starts clean. A walk of
+    the table: DEL pays for it, the packet path does not."""
+    if not addrs:
+        return
+    with open_map(d, "ferry_nat_fwd") as fwd, open_map(d, "ferry_nat_rev") as rev:
+        for k, v in fwd.items():
+            if k.saddr in addrs:
+                fwd.delete(k)
+                rev.delete(_reverse_key(k, v))
+        for k, v in rev.items():
+            if v.addr in addrs:
+                rev.delete(k)
 
 
 def _reverse_key(k: NatTuple4, v: Any) -> NatTuple4:

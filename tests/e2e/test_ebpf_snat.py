@@ -4,11 +4,13 @@ packets that left with the node IP) recording the source address and port of wha
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Iterator
 
 import pytest
 from ebpf_support import EbpfNode, client, ebpf_node, recorder, seen, tc_show
-from harness import ping
+from harness import ping, sh, tcp_roundtrip
 
 PORTS = (61000, 65535)
 
@@ -47,3 +49,84 @@ def test_tcp_udp_ping_leave_with_node_ip(en: EbpfNode) -> None:
     assert {r["proto"] for r in nat} == {"tcp", "udp", "icmp"}
     assert all(r["pod"].startswith(pod.ips(4)[0] + ":") for r in nat)
     assert all(r["nat"].startswith(en.node.node_ip4 + ":") for r in nat)
+
+
+def test_200_concurrent_flows_get_distinct_ports_in_range() -> None:
+    # A 301-port range for 200 flows to one destination: the random picks collide and the
+    # in-program retry (BPF_NOEXIST on the reverse entry, then +1) must resolve every one.
+    low, high = 61000, 61300
+    with ebpf_node(snatPortRange=f"{low}-{high}") as en:
+        pods = [en.add_pod(f"flows-{i}") for i in range(4)]
+        with recorder(en.node.ext, "tcp", en.node.ext_ip4, 9000) as srv:
+            procs = [p.ns.popen("python3", "-c", CLIENT_HOLD, en.node.ext_ip4, "9000", "50")
+                     for p in pods]
+            try:
+                flows = seen(srv, 200)
+            finally:
+                for proc in procs:
+                    proc.kill()
+                    proc.wait()
+        assert {src for src, _ in flows} == {en.node.node_ip4}
+        ports = [port for _, port in flows]
+        assert len(set(ports)) == 200, "two flows share an external port"
+        assert all(low <= p <= high for p in ports), sorted(ports)
+        assert len(en.inspect()["nat"]) >= 200
+
+
+# Opens N TCP flows and holds them until killed (so that all 200 are live at once).
+CLIENT_HOLD = r"""
+import socket, sys, time
+ip, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+socks = [socket.create_connection((ip, port), timeout=10) for _ in range(n)]
+time.sleep(60)
+"""
+
+
+def test_excluded_cidr_and_pod_to_pod_keep_pod_ip() -> None:
+    with ebpf_node(ext_routes_pods=True, snatExcludeCidrs=["10.97.0.0/24"]) as en:
+        node = en.node
+        node.ext.ip("addr", "add", "10.97.0.2/32", "dev", "ext0")
+        node.ns.ip("route", "add", "10.97.0.0/24", "via", node.ext_ip4)
+        a, b = en.add_pod("keep-a"), en.add_pod("keep-b")
+        assert tcp_roundtrip(a.ns, node.ext, "10.97.0.2") == a.ips(4)[0]
+        assert tcp_roundtrip(a.ns, node.ext, node.ext_ip4) == node.node_ip4  # not excluded
+        assert tcp_roundtrip(a.ns, b.ns, b.ips(4)[0]) == a.ips(4)[0]
+        assert tcp_roundtrip(a.ns, node.ns, node.node_ip4, port=8082) == a.ips(4)[0]
+        nat = en.inspect()["nat"]
+        assert [r["dst"].split(":")[0] for r in nat] == [node.ext_ip4]
+
+
+def test_reply_miss_goes_to_the_stack(en: EbpfNode) -> None:
+    # The node's own connection to ext (no NAT entry) and ext's connection to a node
+    # service on a port inside the SNAT range must both pass ferry_snat_in untouched.
+    node = en.node
+    assert tcp_roundtrip(node.ns, node.ext, node.ext_ip4, port=8083) == node.node_ip4
+    assert tcp_roundtrip(node.ext, node.ns, node.node_ip4, port=62000) == node.ext_ip4
+
+
+def test_del_leaves_no_entry_filter_or_pin_of_the_pod(en: EbpfNode) -> None:
+    pods = [en.add_pod(f"gone-{i}") for i in range(2)]
+    with recorder(en.node.ext, "udp", en.node.ext_ip4, 8084) as srv:
+        for p in pods:
+            client(p.ns, "udp", en.node.ext_ip4, 8084)
+        seen(srv, 2)
+    before = en.inspect()
+    assert len(before["pods"]) == 2 and len(before["nat"]) == 2
+    pin_files = sorted(_walk(en.pin_dir))
+    for p in pods:
+        en.node.cni("DEL", p, en.conf).ok()
+    after = en.inspect()
+    assert after["pods"] == [] and after["nat"] == [] and after["redirects"] == []
+    for name in ("ferry_endpoints", "ferry_nat_fwd", "ferry_nat_rev", "ferry_redirect"):
+        # bpftool in the host namespaces: `ip netns exec` would mount a /sys without bpffs.
+        dump = sh("bpftool", "-j", "map", "dump", "pinned", f"{en.pin_dir}/maps/{name}")
+        assert json.loads(dump) == [], f"{name} still holds {dump}"
+    assert sorted(_walk(en.pin_dir)) == pin_files  # node-level pins only, none per pod
+    links = en.node.ns.ip("-o", "link", "show")
+    assert "fry" not in links  # host veths gone, and their filters with them
+    assert after["filters"]["uplink0"] == {"ingress": ["ferry_snat_in"],
+                                          "egress": ["ferry_snat_eg"]}
+
+
+def _walk(root: str) -> list[str]:
+    return [os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs]
