@@ -10,6 +10,7 @@ import ipaddress
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -363,6 +364,18 @@ def test_resolv_conf(tmp_path: Path) -> None:
         read_resolv_conf(str(tmp_path / "missing"))
     assert exc.value.code == Code.IO_FAILURE
     assert read_resolv_conf(None) == {}
+
+
+def test_ipam_binary_module_imports_without_site_packages() -> None:
+    """The ferry-host-local launcher runs `python -I -S` and imports plugin.ipam.cli before
+    it enables site-packages: importing the package must not need pydantic."""
+    repo = str(Path(__file__).resolve().parents[2])
+    code = (f"import sys; sys.path.insert(0, {repo!r}); import plugin.ipam.cli; "
+            "print('pydantic' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True,
+                          text=True, check=False, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False"
 
 
 # --- differential: the reference host-local on its own dataDir -----------------------------------
