@@ -94,16 +94,20 @@ class Ebpf:
                            f"no complete pins under {d}: run `ferryctl load --config "
                            "<this network's config file>` on the node, then retry")
         v4 = _v4(att.ips)
-        with IPRoute() as ipr:
-            host_idx = _index(ipr, att.host_veth)
-            if host_idx is None:
-                raise CniError(Code.INTERNAL, f"host veth {att.host_veth} is missing")
-            flags = EP_F_POD_ENI if att.pod_eni else 0
-            with open_map(d, "ferry_endpoints") as eps:
-                for ip in v4:
-                    eps.put(Ip4Key(ip4(ip)), Endpoint(ifindex=host_idx, flags=flags))
-            if att.pod_eni:
-                self._attach_eni(d, att, ipr, host_idx, v4)
+        try:
+            with IPRoute() as ipr:
+                host_idx = _index(ipr, att.host_veth)
+                if host_idx is None:
+                    raise CniError(Code.INTERNAL, f"host veth {att.host_veth} is missing")
+                flags = EP_F_POD_ENI if att.pod_eni else 0
+                with open_map(d, "ferry_endpoints") as eps:
+                    for ip in v4:
+                        eps.put(Ip4Key(ip4(ip)), Endpoint(ifindex=host_idx, flags=flags))
+                if att.pod_eni:
+                    self._attach_eni(d, att, ipr, host_idx, v4)
+        except BaseException:
+            self.detach(conf, att)  # the engine undoes only attaches that returned
+            raise
 
     @staticmethod
     def _attach_eni(d: str, att: Attachment, ipr: IPRoute, host_idx: int,

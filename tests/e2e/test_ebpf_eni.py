@@ -1,0 +1,83 @@
+"""Pod-ENI redirection: a pod given its own uplink device (a second veth from the node to the
+'ext' namespace, the "VPC") sends and receives through it with its own IP, unSNATed, while
+other pods keep leaving via the uplink with the node IP."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from ebpf_support import EbpfNode, client, ebpf_node, link_stats, recorder, seen, tc_show
+from harness import ping, sh
+
+ENI_NODE, ENI_GW = "10.98.0.2", "10.98.0.1"
+
+
+@pytest.fixture
+def en() -> Iterator[EbpfNode]:
+    with ebpf_node() as n:
+        node = n.node
+        sh("ip", "link", "add", "eni1", "netns", node.ns.name, "type", "veth", "peer", "name",
+           "vpc1", "netns", node.ext.name)
+        node.ns.ip("addr", "add", f"{ENI_NODE}/24", "dev", "eni1")
+        node.ext.ip("addr", "add", f"{ENI_GW}/24", "dev", "vpc1")
+        node.ns.ip("link", "set", "eni1", "up")
+        node.ext.ip("link", "set", "vpc1", "up")
+        yield n
+
+
+def test_pod_eni_sends_and_receives_through_its_device(en: EbpfNode) -> None:
+    node = en.node
+    eni_pod = en.add_pod("branch", runtimeConfig={"podENI": {"device": "eni1",
+                                                             "gateway": ENI_GW}})
+    plain = en.add_pod("plain")
+    pod_ip = eni_pod.ips(4)[0]
+    # The VPC knows the branch ENI's address: replies to it go back over vpc1 only.
+    node.ext.ip("route", "add", f"{pod_ip}/32", "via", ENI_NODE, "dev", "vpc1")
+
+    before_vpc, before_ext = link_stats(node.ext, "vpc1"), link_stats(node.ext, "ext0")
+    with recorder(node.ext, "tcp", node.ext_ip4, 8090) as srv:
+        client(eni_pod.ns, "tcp", node.ext_ip4, 8090)
+        client(plain.ns, "tcp", node.ext_ip4, 8090)
+        (src_eni, _), (src_plain, _) = seen(srv, 2)
+    assert src_eni == pod_ip, "the pod-ENI pod was SNATed or left via the uplink"
+    assert src_plain == node.node_ip4
+    with recorder(node.ext, "udp", node.ext_ip4, 8091) as srv:
+        client(eni_pod.ns, "udp", node.ext_ip4, 8091, flows=5)
+        assert {s for s, _ in seen(srv, 5)} == {pod_ip}
+    assert ping(eni_pod.ns, node.ext_ip4, count=3)
+    after_vpc, after_ext = link_stats(node.ext, "vpc1"), link_stats(node.ext, "ext0")
+    # TCP (>= 5 packets) + 5 UDP + 3 pings arrived on vpc1 and answers left through it;
+    # ext0 only carried the plain pod's TCP flow.
+    assert after_vpc["rx"] - before_vpc["rx"] >= 13
+    assert after_vpc["tx"] - before_vpc["tx"] >= 13
+    assert after_ext["rx"] - before_ext["rx"] < 13
+    info = en.inspect()
+    [redirect] = info["redirects"]
+    assert redirect["ip"] == pod_ip and redirect["eni"] == "eni1"
+    assert redirect["gateway"] == ENI_GW
+    assert not [r for r in info["nat"] if r["pod"].startswith(pod_ip + ":")]
+    assert "ferry_eni_in" in tc_show(node.ns, "eni1", "ingress")
+    host_veth = eni_pod.result["interfaces"][0]["name"]  # type: ignore[index]
+    assert "ferry_eni_eg" in tc_show(node.ns, host_veth, "ingress")
+
+    # DEL finds the ENI from the attachment record (no podENI in the DEL's config).
+    en.node.cni("DEL", eni_pod, en.conf).ok()
+    info = en.inspect()
+    assert info["redirects"] == [] and pod_ip not in [p["ip"] for p in info["pods"]]
+    assert "ferry" not in tc_show(node.ns, "eni1", "ingress")
+    assert "clsact" not in node.ns.run("tc", "qdisc", "show", "dev", "eni1")
+
+
+def test_pod_eni_by_cni_args_and_missing_device(en: EbpfNode) -> None:
+    node = en.node
+    pod = node.new_pod("by-args")
+    args = f"{pod.args};FERRY_POD_ENI=eni1;FERRY_POD_ENI_GW={ENI_GW}"
+    pod.result = node.cni("ADD", pod, en.conf, args=args).ok()
+    assert [r["eni"] for r in en.inspect()["redirects"]] == ["eni1"]
+    node.cni("DEL", pod, en.conf, args=args).ok()
+    assert en.inspect()["redirects"] == []
+    bad = node.new_pod("no-eni")
+    err = node.cni("ADD", bad, {**en.conf, "runtimeConfig": {"podENI": {"device": "eni9"}}})
+    assert "eni9" in err.error(7)["msg"]
+    assert en.inspect()["pods"] == []
