@@ -130,3 +130,17 @@ def test_del_leaves_no_entry_filter_or_pin_of_the_pod(en: EbpfNode) -> None:
 
 def _walk(root: str) -> list[str]:
     return [os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs]
+
+
+def test_gc_expires_idle_flows_only(en: EbpfNode) -> None:
+    pod = en.add_pod("gc")
+    with recorder(en.node.ext, "udp", en.node.ext_ip4, 8085) as srv:
+        client(pod.ns, "udp", en.node.ext_ip4, 8085, flows=3)
+        seen(srv, 3)
+    assert len(en.inspect()["nat"]) == 3
+    kept = json.loads(en.ctl("gc", "--json", "--idle", "3600").stdout)
+    assert kept["expired"] == 0 and len(en.inspect()["nat"]) == 3
+    gone = json.loads(en.ctl("gc", "--json", "--idle", "0").stdout)
+    assert gone["expired"] == 3 and en.inspect()["nat"] == []
+    dump = sh("bpftool", "-j", "map", "dump", "pinned", f"{en.pin_dir}/maps/ferry_nat_rev")
+    assert json.loads(dump) == []

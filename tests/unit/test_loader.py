@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -79,3 +80,10 @@ def test_typed_maps_and_btf(root: str) -> None:
                            check=True).stdout
     for name in PROGRAMS:
         assert f"name {name}" in shown
+
+
+def test_cni_path_never_imports_bcc() -> None:
+    code = ("import sys, plugin.engine, plugin.dataplane.ebpf, plugin.dataplane;"
+            "assert 'bcc' not in sys.modules, 'bcc imported';"
+            "assert 'loader.bcc_backend' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
