@@ -1,4 +1,4 @@
-"""ferryctl: node-level control of the eBPF dataplane.
+"""ferryctl: node-level control of the network's dataplane (ebpf, or the fallback).
 
   ferryctl load    --config FILE [--cflag=-DX=1]   compile (or reuse the pins), attach, re-sync
   ferryctl unload  --config FILE                   detach and remove the pins
@@ -35,8 +35,9 @@ def _table(title: str, rows: list[dict[str, Any]], cols: list[str]) -> str:
 
 def render(info: dict[str, Any]) -> str:
     if not info["loaded"]:
-        return f"network {info['network']}: not loaded (no pins under {info['pins']})\n"
-    head = (f"network {info['network']}  pins {info['pins']}  build {info['hash']}  "
+        return f"network {info['network']}: not loaded (no pins under {info.get('pins')})\n"
+    head = (f"network {info['network']}  pins {info.get('pins', '-')}  "
+            f"build {info.get('hash', '-')}  "
             f"uplink {info.get('uplink', '?')}  nodeIP {info.get('nodeIP', '?')}\n")
     filters = "".join(f"  {dev}: ingress {f['ingress']} egress {f['egress']}\n"
                       for dev, f in info["filters"].items())
@@ -63,19 +64,20 @@ def main(argv: list[str] | None = None) -> int:
                            help="expire NAT flows idle this many seconds")
     args = ap.parse_args(argv)
     from plugin import log as logging_setup  # after argparse: `ferryctl -h` stays cheap
-    from plugin.dataplane import ebpf
+    from plugin.dataplane import select
 
     try:
         conf = read_config(args.config)
         logging_setup.setup(conf.log)
+        dataplane = select(conf, loading=args.cmd == "load")
         if args.cmd == "load":
-            out = ebpf.load_node(conf, tuple(args.cflag))
+            out = dataplane.load(conf, tuple(args.cflag))
         elif args.cmd == "unload":
-            out = ebpf.unload_node(conf)
+            out = dataplane.unload(conf)
         elif args.cmd == "gc":
-            out = {"network": conf.name, "expired": ebpf.gc_nat(conf, args.idle)}
+            out = {"network": conf.name, "expired": dataplane.expire(conf, args.idle)}
         else:
-            out = ebpf.inspect(conf)
+            out = dataplane.inspect(conf)
             if not args.json:
                 sys.stdout.write(render(out))
                 return 0

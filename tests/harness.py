@@ -217,6 +217,9 @@ class Node:
         self.ns.delete()
         self.ext.delete()
         shutil.rmtree(self.tmp, ignore_errors=True)
+        # Pins a ferryd or `ferryctl load` of this network left (they outlive processes by
+        # design); the filters using them went with the node netns.
+        shutil.rmtree(f"/sys/fs/bpf/ferry/{self.network}", ignore_errors=True)
 
 
 def wait_settled(ns: Netns, timeout: float = 5.0) -> None:

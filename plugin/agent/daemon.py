@@ -29,8 +29,9 @@ from plugin.agent import metrics
 from plugin.agent.reconcile import reconcile
 from plugin.cli import respond
 from plugin.config import NetConf, load_file
-from plugin.dataplane import select
+from plugin.dataplane import fallback, select
 from plugin.log import log
+from plugin.protocol import CniError
 
 VERSION = "0.1.0"
 DEFAULT_GRPC_SOCKET = "/run/ferry/ferryd-grpc.sock"
@@ -97,8 +98,11 @@ class Agent:
         self.args = args
         self.started = time.monotonic()
         self.served = 0
-        self.dataplane = select(conf)
+        # ferryd loads the node-level dataplane itself, so missing pins are not a reason for
+        # `auto` to fall back.
+        self.dataplane = select(conf, loading=True)
         self._stop = threading.Event()
+        self._inspect_lock = threading.Lock()
 
     def handle(self, env: dict[str, str], stdin: bytes) -> tuple[int, bytes]:
         """One relayed CNI request, answered exactly as the standalone binary would."""
@@ -109,12 +113,41 @@ class Agent:
         metrics.observe(command, code, out, time.monotonic() - started)
         return code, out
 
+    def inspect(self) -> dict[str, Any]:
+        with self._inspect_lock:  # one map walk at a time, whoever asks
+            return self.dataplane.inspect(self.conf)
+
+    def _expire_loop(self) -> None:
+        """NAT entries idle for longer than natIdleSeconds go, every natGcSeconds."""
+        while not self._stop.wait(self.args.nat_gc_interval):
+            try:
+                expired = self.dataplane.expire(self.conf, self.args.nat_idle)
+            except Exception:
+                log.exception("NAT expiry failed")
+                continue
+            if expired:
+                log.info("expired %d idle NAT flows", expired)
+
+    def _load_dataplane(self) -> dict[str, Any]:
+        """Compile happens here (or the pins are reused), never in a CNI exec. With `auto`,
+        a node that cannot load ebpf gets the fallback dataplane, and the log says why."""
+        try:
+            return self.dataplane.load(self.conf)
+        except CniError as e:
+            if self.conf.dataplane != "auto":
+                raise
+            log.warning("dataplane auto: %s cannot load (%s); using the fallback",
+                        self.dataplane.name, e)
+            self.dataplane = fallback(self.conf)
+            return self.dataplane.load(self.conf)
+
     def run(self) -> None:
         logging_setup.setup(self.conf.log)
+        loaded = self._load_dataplane()
         report = reconcile(self.conf)
         log.info("ferryd starting", extra={"network": self.conf.name, "version": VERSION,
                                            "dataplane": self.dataplane.name,
-                                           "reconcile": vars(report)})
+                                           "reconcile": vars(report), "load": loaded})
         relay_server = RelayServer(self.args.socket, self, self.args.workers)
         relay_server.start()
         from plugin.agent.service import start_grpc
@@ -123,6 +156,7 @@ class Agent:
         if self.args.metrics != "off":
             host, _, port = self.args.metrics.rpartition(":")
             metrics.serve(self, host or "127.0.0.1", int(port))
+        threading.Thread(target=self._expire_loop, name="nat-gc", daemon=True).start()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self._stop.set())
         print(json.dumps({"ready": True, "socket": self.args.socket,
@@ -148,6 +182,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--metrics", default=DEFAULT_METRICS,
                    help="host:port for Prometheus metrics, or 'off'")
     p.add_argument("--workers", type=int, default=8, help="concurrent CNI requests")
+    p.add_argument("--nat-idle", type=float, default=300.0,
+                   help="expire NAT flows idle this many seconds")
+    p.add_argument("--nat-gc-interval", type=float, default=30.0,
+                   help="seconds between NAT expiry passes")
     return p.parse_args(argv)
 
 

@@ -22,6 +22,12 @@ if TYPE_CHECKING:
     from plugin.agent.daemon import Agent
 
 
+def _split_endpoint(text: str) -> tuple[str, int]:
+    """'10.0.0.1:80' or '[fd00::1]:80' -> (address, port)."""
+    addr, _, port = text.rpartition(":")
+    return addr.strip("[]"), int(port or 0)
+
+
 def ipam_pools(conf: NetConf) -> pb.IpamPools:
     pools = pb.IpamPools(network=conf.name, data_dir=conf.ipam.data_dir)
     if not conf.ipam.builtin:
@@ -82,23 +88,35 @@ class FerryService(pb_grpc.FerryServicer):
 
     def GetNatTable(self, request: pb.Empty, context: Any) -> pb.NatTable:
         table = pb.NatTable(dataplane=self.agent.dataplane.name)
-        for e in self.agent.dataplane.nat_entries(self.agent.conf):
-            table.entries.append(pb.NatEntry(**e))
+        for row in self.agent.inspect().get("nat", []):
+            pod_addr, pod_port = _split_endpoint(row["pod"])
+            dst_addr, dst_port = _split_endpoint(row["dst"])
+            nat_addr, nat_port = _split_endpoint(row["nat"])
+            table.entries.append(pb.NatEntry(
+                proto=row["proto"], pod_addr=pod_addr, pod_port=pod_port, dst_addr=dst_addr,
+                dst_port=dst_port, nat_addr=nat_addr, nat_port=nat_port,
+                idle_seconds=row.get("idleSeconds", 0.0)))
         return table
 
     def GetRedirects(self, request: pb.Empty, context: Any) -> pb.Redirects:
         out = pb.Redirects(dataplane=self.agent.dataplane.name)
-        for r in self.agent.dataplane.redirects(self.agent.conf):
-            out.redirects.append(pb.Redirect(**r))
+        for r in self.agent.inspect().get("redirects", []):
+            out.redirects.append(pb.Redirect(pod_addr=r["ip"], host_veth=r["hostVeth"],
+                                             eni=r["eni"]))
         return out
 
     def GetIpamPools(self, request: pb.Empty, context: Any) -> pb.IpamPools:
         return ipam_pools(self.agent.conf)
 
     def GetPrograms(self, request: pb.Empty, context: Any) -> pb.Programs:
-        info = self.agent.dataplane.programs(self.agent.conf)
-        return pb.Programs(dataplane=self.agent.dataplane.name, pin_dir=info.get("pin_dir", ""),
-                           programs=[pb.Program(**p) for p in info.get("programs", [])])
+        info = self.agent.inspect()
+        pin_dir = info.get("pins", "")
+        attached = {name: f"{dev} {hook}" for dev, hooks in info.get("filters", {}).items()
+                    for hook, names in hooks.items() for name in names}
+        return pb.Programs(dataplane=self.agent.dataplane.name, pin_dir=pin_dir, programs=[
+            pb.Program(name=p["name"], kind="sched_cls", pin=p["pin"], id=p["id"],
+                       attached_to=attached.get(p["name"], ""))
+            for p in info.get("programs", [])])
 
     def Health(self, request: pb.Empty, context: Any) -> pb.HealthReply:
         return pb.HealthReply(ok=True, version=VERSION,

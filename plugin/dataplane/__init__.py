@@ -15,21 +15,25 @@ from plugin.state import Attachment
 class Dataplane(Protocol):
     name: str
 
+    # Node level: ferryd at start and `ferryctl load/unload/gc/inspect` by hand.
+    def load(self, conf: NetConf, cflags: tuple[str, ...] = ()) -> dict[str, Any]:
+        """Install the node-level state (idempotent) and re-sync recorded pods into it."""
+
+    def unload(self, conf: NetConf) -> dict[str, Any]:
+        """Remove every node-level and per-pod trace of this dataplane for the network."""
+
+    def expire(self, conf: NetConf, idle_seconds: float) -> int:
+        """Drop NAT state idle for longer than `idle_seconds`; how many flows went."""
+
+    def inspect(self, conf: NetConf) -> dict[str, Any]:
+        """What the dataplane holds: {"loaded", "pods", "nat", "redirects", "filters", ...}."""
+
+    # Pod level: the CNI ADD and DEL.
     def attach(self, conf: NetConf, att: Attachment) -> None:
         """Install the pod's dataplane state; raise CniError on failure (ADD rolls back)."""
 
     def detach(self, conf: NetConf, att: Attachment) -> None:
         """Remove exactly what attach installed; a no-op when it is already gone."""
-
-    # Introspection (ferryd's gRPC API, ferryctl): plain dicts shaped like the proto messages.
-    def nat_entries(self, conf: NetConf) -> list[dict[str, Any]]:
-        """Live NAT translations (NatEntry fields)."""
-
-    def redirects(self, conf: NetConf) -> list[dict[str, Any]]:
-        """Pod-ENI redirections (Redirect fields)."""
-
-    def programs(self, conf: NetConf) -> dict[str, Any]:
-        """{"pin_dir": ..., "programs": [Program fields]}."""
 
 
 class RoutingOnly:
@@ -37,28 +41,34 @@ class RoutingOnly:
 
     name = "none"
 
+    def load(self, conf: NetConf, cflags: tuple[str, ...] = ()) -> dict[str, Any]:
+        return {"network": conf.name, "dataplane": self.name}
+
+    def unload(self, conf: NetConf) -> dict[str, Any]:
+        return {"network": conf.name, "dataplane": self.name}
+
+    def expire(self, conf: NetConf, idle_seconds: float) -> int:
+        return 0
+
+    def inspect(self, conf: NetConf) -> dict[str, Any]:
+        return {"network": conf.name, "dataplane": self.name, "loaded": True, "pods": [],
+                "nat": [], "redirects": [], "filters": {}}
+
     def attach(self, conf: NetConf, att: Attachment) -> None:
         return None
 
     def detach(self, conf: NetConf, att: Attachment) -> None:
         return None
 
-    def nat_entries(self, conf: NetConf) -> list[dict[str, Any]]:
-        return []
 
-    def redirects(self, conf: NetConf) -> list[dict[str, Any]]:
-        return []
-
-    def programs(self, conf: NetConf) -> dict[str, Any]:
-        return {}
-
-
-def select(conf: NetConf) -> Dataplane:
+def select(conf: NetConf, loading: bool = False) -> Dataplane:
     """The dataplane for conf.dataplane; `auto` says in the log what it chose and why.
+    `loading`: the caller is about to load the node-level state, so missing pins do not
+    count against ebpf.
 
     ebpf: always the eBPF dataplane (its ADD fails with code 11 until `ferryctl load` ran).
     auto: ebpf when plugin.dataplane.ebpf.probe() passes, else the fallback below.
-    iptables: not built yet; the seam is `_fallback`, which auto uses too.
+    iptables: not built yet; the seam is `fallback`, which auto uses too.
     """
     if conf.dataplane == "none":
         return RoutingOnly()
@@ -69,15 +79,15 @@ def select(conf: NetConf) -> Dataplane:
     if conf.dataplane == "auto":
         from plugin.dataplane.ebpf import Ebpf, probe
 
-        ok, why = probe(conf)
+        ok, why = probe(conf, need_pins=not loading)
         if ok:
             log.info("dataplane auto: ebpf (%s)", why)
             return Ebpf()
         log.info("dataplane auto: not ebpf (%s)", why)
-    return _fallback(conf)
+    return fallback(conf)
 
 
-def _fallback(conf: NetConf) -> Dataplane:
+def fallback(conf: NetConf) -> Dataplane:
     """Where the iptables dataplane plugs in (a later milestone); routing only until then."""
     log.info("dataplane %s: iptables dataplane not built yet, routing only", conf.dataplane)
     return RoutingOnly()

@@ -62,7 +62,7 @@ def _v4(ips: list[str]) -> list[str]:
     return [ip.split("/")[0] for ip in ips if ":" not in ip]
 
 
-def probe(conf: NetConf) -> tuple[bool, str]:
+def probe(conf: NetConf, need_pins: bool = True) -> tuple[bool, str]:
     """Can this node run the eBPF dataplane for `conf` right now? (ok, why). Cheap: no bcc
     import, a few stat calls and one map read."""
     release = platform.release()
@@ -78,13 +78,25 @@ def probe(conf: NetConf) -> tuple[bool, str]:
         return False, "bcc (python3-bpfcc) is not importable"
     if not any(Path(f"/lib/modules/{release}/{d}/include").is_dir() for d in ("build", "source")):
         return False, f"no kernel headers under /lib/modules/{release}/build"
-    if pins.pinned_hash(pin_dir(conf)) is None:
+    if need_pins and pins.pinned_hash(pin_dir(conf)) is None:
         return False, f"no loaded programs under {pin_dir(conf)} (run `ferryctl load`)"
     return True, f"kernel {release}, bpffs, bcc, headers and pins under {pin_dir(conf)} ok"
 
 
 class Ebpf:
     name = "ebpf"
+
+    def load(self, conf: NetConf, cflags: tuple[str, ...] = ()) -> dict[str, Any]:
+        return load_node(conf, cflags)
+
+    def unload(self, conf: NetConf) -> dict[str, Any]:
+        return unload_node(conf)
+
+    def expire(self, conf: NetConf, idle_seconds: float) -> int:
+        return gc_nat(conf, idle_seconds)
+
+    def inspect(self, conf: NetConf) -> dict[str, Any]:
+        return inspect(conf)
 
     def attach(self, conf: NetConf, att: Attachment) -> None:
         d = pin_dir(conf)
@@ -274,6 +286,8 @@ def inspect(conf: NetConf) -> dict[str, Any]:
         return out
     out["loaded"], out["hash"] = True, digest[:16]
     out["progIds"] = pins.prog_ids(d)
+    out["programs"] = [{"name": name, "id": prog_id, "pin": pins.prog_path(d, name)}
+                       for name, prog_id in out["progIds"].items()]
     now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
     with open_map(d, "ferry_endpoints") as eps:
         for k, v in eps.items():

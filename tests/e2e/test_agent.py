@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import subprocess
 import threading
@@ -11,7 +12,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from harness import Agent, CniCall, Node, Pod, ping, tcp_roundtrip
+from harness import Agent, CniCall, Node, Pod, ping, sh, tcp_roundtrip, uid
 
 from plugin.agent import ferry_pb2 as pb
 
@@ -162,6 +163,55 @@ def test_grpc_introspection_matches_the_node(node: Node) -> None:
         assert 'ferry_ipam_ips_used{pool="10.20.0.0/24"} 3.0' in metrics
 
 
+def test_snat_flow_survives_restart_and_grpc_matches_bpftool() -> None:
+    """With the eBPF dataplane, ferryd loads the pins at start (the second start reuses
+    them), a TCP flow through SNAT outlives a SIGKILL + restart, and the gRPC NAT table and
+    program list are what bpftool reads from the pins."""
+    root = f"/sys/fs/bpf/ferry-agent-{uid()}"
+    try:
+        with Node.create(ext_routes_pods=False) as node, Agent.running(
+                node, dataplane="ebpf", nodeIP=node.node_ip4, uplink="uplink0",
+                bpffsRoot=root) as agent:
+            pod = node.add_pod("snat-steady", agent.conf)
+            server = node.ext.popen("python3", "-c", _ECHO_SERVER.format(ip=node.ext_ip4),
+                                    stdout=subprocess.PIPE, text=True)
+            assert server.stdout and server.stdout.readline().strip() == "ready"
+            client = pod.ns.popen("python3", "-c", _STEADY_CLIENT.format(ip=node.ext_ip4),
+                                  stdout=subprocess.PIPE, text=True)
+            try:
+                assert server.stdout.readline().strip() == node.node_ip4  # SNATed
+                stub = agent.stub()
+                nat = [e for e in stub.GetNatTable(pb.Empty(), timeout=10).entries
+                       if e.proto == "tcp"]
+                assert [(e.pod_addr, e.nat_addr, e.dst_port) for e in nat] == \
+                    [(pod.ips(4)[0], node.node_ip4, 9090)]
+                pin_dir = f"{root}/{node.network}"
+                dump = json.loads(sh("bpftool", "-j", "map", "dump", "pinned",
+                                     f"{pin_dir}/maps/ferry_nat_fwd"))
+                assert len(dump) == len(stub.GetNatTable(pb.Empty(), timeout=10).entries)
+                programs = stub.GetPrograms(pb.Empty(), timeout=10).programs
+                for prog in programs:
+                    shown = json.loads(sh("bpftool", "-j", "prog", "show", "pinned", prog.pin))
+                    assert shown["id"] == prog.id and shown["name"] == prog.name
+                assert {p.name for p in programs} >= {"ferry_snat_eg", "ferry_snat_in"}
+                ids = {p.name: p.id for p in programs}
+
+                agent.stop(9)
+                agent.start()  # load again: same pins, no compile, NAT table intact
+                assert {p.name: p.id for p in agent.stub().GetPrograms(
+                    pb.Empty(), timeout=10).programs} == ids
+                out, _ = client.communicate(timeout=30)
+                assert out.strip() == "ok 30", out
+            finally:
+                server.kill()
+                client.kill()
+                server.wait()
+            node.cni("DEL", pod, agent.conf).ok()
+            assert agent.stub().GetNatTable(pb.Empty(), timeout=10).entries == []
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def test_restart_keeps_pods_working(node: Node) -> None:
     """Pods keep their connectivity while ferryd is down and after it comes back."""
     agent = Agent(node, node.conf(agentSocket=str(node.tmp / "ferryd.sock"))).start()
@@ -196,7 +246,7 @@ _ECHO_SERVER = """
 import socket
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(("{ip}", 9090)); s.listen(1); print("ready", flush=True)
-s.settimeout(30); c, _ = s.accept()
+s.settimeout(30); c, peer = s.accept(); print(peer[0], flush=True)
 while (data := c.recv(64)):
     c.sendall(data)
 """
