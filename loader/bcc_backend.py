@@ -20,7 +20,7 @@ def compile_and_pin(source: str, cflags: list[str], stage: str) -> float:
     from bcc import BPF  # heavy (~1 s): imported only when a compile is needed
 
     started = time.monotonic()
-    bpf = BPF(text=source, cflags=cflags)
+    bpf = BPF(text=source.encode(), cflags=cflags)  # bcc warns on str
     try:
         progs = {name: bpf.load_func(name.encode(), BPF.SCHED_CLS) for name in PROGRAMS}
         elapsed = time.monotonic() - started
