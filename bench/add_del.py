@@ -3,14 +3,15 @@
     sudo .venv/bin/python bench/add_del.py [--iterations 30] [--pods 50] [--dual]
 
 Modes (the letters stay stable so that later runs can be compared with earlier ones):
-  (a) ferry standalone  the ferry binary, built-in host-local IPAM, no node agent
-  (b) ferry + ferryd    the binary relaying to the node agent: not implemented yet. The mode is
-                        listed and reported as not run; nothing stands in for it.
+  (a) ferry standalone  the ferry binary, built-in host-local IPAM, no node agent listening
+  (b) ferry + ferryd    the same binary relaying to ferryd, which runs in the node netns for
+                        the whole run; ferryd's log must show that it served the requests
   (c) reference         /usr/lib/cni/ptp with /usr/lib/cni/host-local IPAM
 
-Both are exec'd exactly as a container runtime does it: from the node's network namespace
+All are exec'd exactly as a container runtime does it: from the node's network namespace
 (`nsenter --net=<node>`), CNI_* in the environment, the network config on stdin, cniVersion
-1.0.0 (the newest version the reference plugins know).
+1.0.0 (the newest version the reference plugins know). ferry runs with `"dataplane": "none"`
+(routes only), the same work as ptp without ipMasq.
 
 Sequential phase: one sample = `ip netns add <pod>`, ADD, DEL, `ip netns del <pod>`. The modes
 alternate sample by sample (ABBA order), so machine noise hits them alike; a few warm-up
@@ -22,6 +23,9 @@ IPv4 only by default: with an IPv6 range the reference ptp waits for duplicate a
 detection on the pod's address (about 1.5 s per ADD), which would swamp what is measured here.
 `--dual` measures dual stack anyway (ferry skips DAD: IFA_F_NODAD).
 
+`--ferry-src DIR` runs ferry (binary and ferryd) from another source tree, e.g. a
+`git archive` snapshot, through a launcher like the installed one (python -IS).
+
 Everything lives in namespaces with a random suffix and a temporary directory; all of it is
 removed at exit, also on error or Ctrl-C.
 """
@@ -29,6 +33,7 @@ removed at exit, also on error or Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -127,18 +132,17 @@ class Mode:
             return f"{self.binary} is not installed"
         return None
 
-    def start(self, node: Node) -> None:
+    def start(self, node: Node, dual: bool) -> None:
         """Bring up what the mode needs on the node before the first sample."""
 
     def stop(self, node: Node) -> None:
         """Undo start(); called even when the run failed."""
 
+    def verify(self, node: Node) -> None:
+        """After the phases: raise BenchError if the samples did not measure this mode."""
+
     def netconf(self, node: Node, dual: bool) -> dict[str, Any]:
         raise NotImplementedError
-
-    def env(self, ferry_src: str | None) -> dict[str, str]:
-        """Extra environment for the plugin process."""
-        return {}
 
     def ipam(self, node: Node, dual: bool) -> dict[str, Any]:
         ranges = [[{"subnet": self.subnet4}]]
@@ -155,40 +159,119 @@ class Mode:
                       if p.name != "lock" and not p.name.startswith("last_reserved_ip."))
 
 
+def write_launcher(path: Path, src: str) -> Path:
+    """The launcher scripts/setup.sh installs as /opt/cni/bin/ferry, for another source tree."""
+    path.write_text(f"#!{sys.executable} -IS\nimport sys\nsys.path.insert(0, {src!r})\n"
+                    "from plugin.cli import main\nmain()\n")
+    path.chmod(0o755)
+    return path
+
+
 @dataclass
 class FerryStandalone(Mode):
+    ferry_src: str | None = None
+
     def agent_socket(self, node: Node) -> Path:
         # Nobody listens here: the binary tries the agent, finds none and runs the request
         # itself, which is what standalone costs on a node without ferryd. A private path also
         # keeps the run away from any ferryd that listens at the default socket.
         return node.work / f"no-agent-{self.key}.sock"
 
+    def log_file(self, node: Node) -> Path:
+        return node.work / f"ferry-{self.key}.log"
+
+    def start(self, node: Node, dual: bool) -> None:
+        if self.ferry_src:
+            self.binary = write_launcher(node.work / "ferry-launcher", self.ferry_src)
+
     def netconf(self, node: Node, dual: bool) -> dict[str, Any]:
         return {"cniVersion": CNI_VERSION, "name": self.network, "type": "ferry", "mtu": 1500,
-                "agentSocket": str(self.agent_socket(node)),
+                "dataplane": "none", "agentSocket": str(self.agent_socket(node)),
                 "stateDir": str(node.work / "state"),
-                "log": {"file": str(node.work / "ferry.log")},
+                "log": {"file": str(self.log_file(node))},
                 "ipam": self.ipam(node, dual)}
 
     def leftovers(self, node: Node) -> list[str]:
         records = node.work / "state" / self.network
         return super().leftovers(node) + sorted(p.name for p in records.glob("*.json"))
 
-    def env(self, ferry_src: str | None) -> dict[str, str]:
-        # The binary's own directory comes first on sys.path, then PYTHONPATH, then the
-        # editable install: a source tree given here is what runs.
-        return {"PYTHONPATH": ferry_src} if ferry_src else {}
-
 
 @dataclass
 class FerryWithAgent(FerryStandalone):
-    """Hook for mode (b). When the node agent exists: agent_socket() returns a path under
-    node.work, start() runs ferryd inside the node netns listening there (state and IPAM under
-    node.work too) and waits until it serves, stop() ends it. Until then the mode is reported
-    as not run."""
+    """ferryd inside the node netns for the whole run: relay and gRPC sockets, state, IPAM
+    and log under node.work, metrics off. The binary relays every request to it."""
+
+    proc: subprocess.Popen[bytes] | None = None
+    agent_pid: int = 0
+
+    @staticmethod
+    def ferryd() -> Path:
+        return Path(sys.executable).parent / "ferryd"
 
     def unavailable(self) -> str | None:
-        return "node agent ferryd is not implemented yet"
+        if not os.access(self.ferryd(), os.X_OK):
+            return f"{self.ferryd()} not found: the node agent is not installed"
+        return super().unavailable()
+
+    def agent_socket(self, node: Node) -> Path:
+        return node.work / "ferryd.sock"
+
+    def start(self, node: Node, dual: bool) -> None:
+        super().start(node, dual)
+        plugin = self.netconf(node, dual)
+        conflist = node.work / "ferryd.conflist"
+        conflist.write_text(json.dumps({
+            "cniVersion": CNI_VERSION, "name": self.network,
+            "plugins": [{k: v for k, v in plugin.items() if k not in ("cniVersion", "name")}]}))
+        env = {**os.environ, **({"PYTHONPATH": self.ferry_src} if self.ferry_src else {})}
+        out, err = node.work / "ferryd.out", node.work / "ferryd.err"
+        with out.open("wb") as stdout, err.open("wb") as stderr:
+            self.proc = subprocess.Popen(
+                ["nsenter", f"--net={NETNS_DIR / node.name}", str(self.ferryd()),
+                 "--config", str(conflist), "--socket", str(self.agent_socket(node)),
+                 "--grpc-socket", str(node.work / "ferryd-grpc.sock"), "--metrics", "off",
+                 "--workers", "8"], stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
+                env=env)
+        deadline = time.monotonic() + TIMEOUT_S
+        while time.monotonic() < deadline:
+            for line in out.read_text().splitlines():
+                with contextlib.suppress(ValueError):
+                    ready = json.loads(line)
+                    if ready.get("ready"):
+                        self.agent_pid = int(ready["pid"])
+                        return
+            if self.proc.poll() is not None:
+                raise BenchError(f"ferryd exited with {self.proc.returncode}: "
+                                 f"{err.read_text()[-600:]}")
+            time.sleep(0.05)
+        raise BenchError(f"ferryd not ready after {TIMEOUT_S} s: {err.read_text()[-600:]}")
+
+    def stop(self, node: Node) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.terminate()  # nsenter exec'd ferryd: this is ferryd's pid
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def verify(self, node: Node) -> None:
+        """Every ADD and DEL of this mode was served by ferryd, none by a standalone binary."""
+        served: dict[int, int] = {}
+        log = self.log_file(node)
+        for line in log.read_text().splitlines() if log.exists() else []:
+            with contextlib.suppress(ValueError):
+                entry = json.loads(line)
+                if entry.get("msg") in ("ADD ok", "DEL ok"):
+                    served[entry.get("pid", 0)] = served.get(entry.get("pid", 0), 0) + 1
+        others = sum(n for pid, n in served.items() if pid != self.agent_pid)
+        if not served.get(self.agent_pid) or others:
+            raise BenchError(f"{self.label}: ferryd (pid {self.agent_pid}) served "
+                             f"{served.get(self.agent_pid, 0)} requests, other processes "
+                             f"{others}: not a measurement of the relay")
 
 
 @dataclass
@@ -226,7 +309,6 @@ class Pod:
 class Bench:
     node: Node
     dual: bool
-    ferry_src: str | None = None
     seq: int = 0
     confs: dict[str, bytes] = field(default_factory=dict)
 
@@ -241,8 +323,7 @@ class Bench:
                "CNI_COMMAND": command, "CNI_CONTAINERID": f"bench-{self.node.suffix}-{pod.seq}",
                "CNI_NETNS": str(NETNS_DIR / pod.netns), "CNI_IFNAME": "eth0",
                "CNI_PATH": f"{CNI_BIN}:{REFERENCE_DIR}",
-               "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE=bench;K8S_POD_NAME=pod-{pod.seq}",
-               **pod.mode.env(self.ferry_src)}
+               "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE=bench;K8S_POD_NAME=pod-{pod.seq}"}
         proc = subprocess.run(["nsenter", f"--net={NETNS_DIR / self.node.name}",
                                str(pod.mode.binary)], input=pod.conf, env=env,
                               capture_output=True, timeout=TIMEOUT_S, check=False)
@@ -366,7 +447,8 @@ def report(args: argparse.Namespace, modes: list[Mode], skipped: dict[str, str],
     print(f"ferry ADD+DEL benchmark  cniVersion {CNI_VERSION}, {family}")
     print(f"kernel {platform.release()}, {os.cpu_count()} CPUs, python "
           f"{platform.python_version()}, {time.strftime('%Y-%m-%d %H:%M:%S')}")
-    print(f"ferry code: {args.ferry_src or 'as installed behind ' + str(CNI_BIN / 'ferry')}")
+    print(f"ferry code: {args.ferry_src or 'as installed behind ' + str(CNI_BIN / 'ferry')}; "
+          "ferry dataplane: none (routes only, like ptp without ipMasq)")
     print()
     print(f"sequential: {args.iterations} pods per mode, interleaved, {args.warmup} warm-up "
           "each; per pod: netns add + ADD + DEL + netns del (ms)")
@@ -458,6 +540,9 @@ def main(argv: list[str] | None = None) -> int:
     skipped = {m.key: reason for m in MODES if m.key in wanted and (reason := m.unavailable())}
     skipped |= {m.key: "not selected (--modes)" for m in MODES if m.key not in wanted}
     modes = [m for m in MODES if m.key not in skipped]
+    for m in modes:
+        if isinstance(m, FerryStandalone):
+            m.ferry_src = args.ferry_src
     if not modes:
         print("add_del.py: no mode can run: " + "; ".join(skipped.values()), file=sys.stderr)
         return 2
@@ -472,24 +557,26 @@ def main(argv: list[str] | None = None) -> int:
         try:
             node.create()
             for mode in modes:
-                mode.start(node)
-                started.append(mode)
-            bench = Bench(node, args.dual, args.ferry_src)
+                started.append(mode)  # first: stop() also undoes a half-done start()
+                mode.start(node, args.dual)
+            bench = Bench(node, args.dual)
             seq = sequential(bench, modes, args.iterations, args.warmup, progress)
             par: dict[str, ParallelRun] = {}
             for mode in modes:
                 progress(f"parallel {mode.label}")
                 par[mode.key] = parallel(bench, mode, args.pods, args.parallel)
+            for mode in modes:
+                mode.verify(node)
             if sys.stderr.isatty():
                 print("\r\033[K", end="", file=sys.stderr, flush=True)
             report(args, modes, skipped, seq, par)
             return 0
         except BenchError as e:
             print(f"\nadd_del.py: FAILED: {e}", file=sys.stderr)
-            log = node.work / "ferry.log"
-            if log.exists():
-                tail = log.read_text().splitlines()[-5:]
-                print("ferry log (last lines):\n  " + "\n  ".join(tail), file=sys.stderr)
+            for log in [*sorted(node.work.glob("ferry*.log")), node.work / "ferryd.err"]:
+                tail = log.read_text().splitlines()[-5:] if log.exists() else []
+                if tail:
+                    print(f"{log.name} (last lines):\n  " + "\n  ".join(tail), file=sys.stderr)
             return 1
         except KeyboardInterrupt:
             print("\nadd_del.py: interrupted, cleaning up", file=sys.stderr)
