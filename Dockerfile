@@ -1,8 +1,8 @@
 # ferry CNI image: the install step of the DaemonSet (deploy/ferry-daemonset.yaml) and, later,
 # the node agent ferryd.
 #   docker build -t ferry-cni:0.1.0 .
-# Debian 12 to match the nodes: the venv built here is copied to the node by
-# `deploy/install.sh --copy` and runs there on /usr/bin/python3.11; bcc (python3-bpfcc) is a
+# Debian 12 to match the nodes: the venv built here and the source are copied to the node by
+# `deploy/install.sh --copy` and run there on /usr/bin/python3.11; bcc (python3-bpfcc) is a
 # Debian package, hence --system-site-packages.
 FROM debian:bookworm-slim
 
@@ -19,8 +19,8 @@ RUN apt-get update \
         python3-venv \
  && rm -rf /var/lib/apt/lists/*
 
-# The repository (see .dockerignore), then ferry installed into its own venv. The venv path
-# is what install.sh --copy reproduces on the node: keep the two in step (FERRY_HOME/venv).
+# The repository (see .dockerignore), then ferry and its dependencies installed into a venv.
+# The CNI launchers run plugin/ from the source directory (FERRY_SRC) with this venv.
 COPY . /opt/ferry/src
 RUN python3 -m venv --system-site-packages /opt/ferry/venv \
  && /opt/ferry/venv/bin/python -m pip install --no-cache-dir /opt/ferry/src \
@@ -28,6 +28,7 @@ RUN python3 -m venv --system-site-packages /opt/ferry/venv \
 
 ENV FERRY_HOME=/opt/ferry \
     HOST_ROOT=/host \
+    FERRY_SRC=/opt/ferry/src \
     FERRY_VENV=/opt/ferry/venv \
     PATH=/opt/ferry/venv/bin:$PATH
 

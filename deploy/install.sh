@@ -4,15 +4,16 @@
 #   deploy/install.sh [--copy] [--conflist FILE]     install
 #   deploy/install.sh [--copy] --uninstall           remove what install put there
 #
-# Two ways to provide the binaries:
-#   link (default)  on a node with a checkout (after scripts/setup.sh): $CNI_BIN_DIR/ferry and
-#                   ferry-host-local become symlinks to the venv's console scripts.
-#   --copy          in the DaemonSet's init container: the image's venv is copied to the host
-#                   at $FERRY_HOME/venv (the same absolute path as in the image, because the
-#                   console scripts' #! lines name it) and the CNI binaries link there.
-#                   The venv runs on the host's /usr/bin/python3.11 (Debian 12's python3), so
-#                   the node needs that interpreter; the image's bcc (python3-bpfcc) is not
-#                   copied, only the venv.
+# $CNI_BIN_DIR/ferry and ferry-host-local are small launchers, the same as scripts/setup.sh
+# writes: `#!<venv>/bin/python -IS`, the source directory put first on sys.path, main(). -IS
+# keeps the interpreter start-up minimal on the relay path; the code enables the venv's
+# site-packages itself when it needs them. Two ways to provide what they point at:
+#   link (default)  a node with a checkout (after scripts/setup.sh): the repo and its .venv.
+#   --copy          the DaemonSet's init container: the image's venv and source (plugin/,
+#                   loader/, bpf/) are copied to the host as $FERRY_HOME/ferry.<digest>, and
+#                   $FERRY_HOME/current is switched to it atomically. The venv runs on the
+#                   host's interpreter (its pyvenv.cfg names it: /usr/bin/python3.11 for
+#                   Debian 12), which the node must have; python3-bpfcc is not copied.
 # Reference plugins the conflist chains (e.g. tuning) are taken from $REF_PLUGIN_DIR when the
 # node has none; the ones added are recorded and removed again by --uninstall.
 #
@@ -21,8 +22,9 @@
 #                     required by --copy [""]
 #   CNI_BIN_DIR       the runtime's plugin directory, as a host path [/opt/cni/bin]
 #   CNI_CONF_DIR      the runtime's config directory, as a host path [/etc/cni/net.d]
-#   FERRY_VENV        the venv holding ferry [<repo>/.venv]
-#   FERRY_HOME        --copy: where the venv goes on the host [/opt/ferry]
+#   FERRY_VENV        the venv holding ferry's dependencies [<repo>/.venv]
+#   FERRY_SRC         the directory holding plugin/ [<repo>]
+#   FERRY_HOME        --copy: where venv and source go on the host [/opt/ferry]
 #   FERRY_STATE_DIR   ferry's state directory (the install manifest lives there) [/var/lib/ferry]
 #   REF_PLUGIN_DIR    the reference CNI plugins [/usr/lib/cni]
 #   FERRY_POD_CIDR, FERRY_POD_CIDR_V6
@@ -35,10 +37,11 @@ HOST_ROOT=${HOST_ROOT%/}
 CNI_BIN_DIR=${CNI_BIN_DIR:-/opt/cni/bin}
 CNI_CONF_DIR=${CNI_CONF_DIR:-/etc/cni/net.d}
 FERRY_VENV=${FERRY_VENV:-$here/../.venv}
+FERRY_SRC=${FERRY_SRC:-$here/..}
 FERRY_HOME=${FERRY_HOME:-/opt/ferry}
 FERRY_STATE_DIR=${FERRY_STATE_DIR:-/var/lib/ferry}
 REF_PLUGIN_DIR=${REF_PLUGIN_DIR:-/usr/lib/cni}
-BINARIES=(ferry ferry-host-local)
+declare -A BINARIES=([ferry]=plugin.cli [ferry-host-local]=plugin.ipam.cli)
 
 mode=link action=install conflist=$here/10-ferry.conflist
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
@@ -58,8 +61,8 @@ conf_dir=$HOST_ROOT$CNI_CONF_DIR
 manifest=$HOST_ROOT$FERRY_STATE_DIR/installed-plugins
 conf_name=$(basename "$conflist")
 if [[ $mode == copy && -z $HOST_ROOT ]]; then
-    # --copy moves the image's venv onto the host: without a separate host root it would
-    # copy the venv onto itself (or onto this machine's own CNI directories).
+    # --copy moves the image's files onto the host: without a separate host root it would
+    # write into this machine's (the container's) own directories.
     echo "install.sh: --copy needs HOST_ROOT (where the host's filesystem is mounted)" >&2
     exit 2
 fi
@@ -75,6 +78,22 @@ link() {
 }
 
 python() { "$FERRY_VENV/bin/python" "$@"; }
+
+# Write the launcher for binary $1 (module $2) running <venv $3> with source dir <$4>,
+# unless the node has exactly that already; atomic (tmp + rename).
+launcher() {
+    local name=$1 module=$2 venv=$3 src=$4 dest=$bin_dir/$1 tmp
+    tmp=$(mktemp "$bin_dir/.$name.XXXXXX")
+    printf '#!%s/bin/python -IS\nimport sys\nsys.path.insert(0, "%s")\nfrom %s import main\nmain()\n' \
+        "$venv" "$src" "$module" >"$tmp"
+    chmod 0755 "$tmp"
+    if [[ ! -L $dest ]] && cmp -s "$tmp" "$dest"; then
+        rm -f "$tmp"
+        return 0
+    fi
+    mv -f "$tmp" "$dest"
+    say "wrote $CNI_BIN_DIR/$name (launcher: $venv, $src)"
+}
 
 # The conflist with this node's pod CIDRs substituted, on stdout.
 render_conflist() {
@@ -108,32 +127,38 @@ print("\n".join(p["type"] for p in json.load(open(sys.argv[1]))["plugins"]
                 if p["type"] not in ("ferry", "ferry-host-local")))' "$conflist"
 }
 
-# --copy: the venv at $FERRY_HOME/venv -> venv.<digest>, swapped atomically.
-copy_venv() {
-    local src dest_home digest current
-    src=$(readlink -f "$FERRY_VENV")
+# --copy: venv + source into $FERRY_HOME/ferry.<digest>; $FERRY_HOME/current -> it, swapped
+# atomically. Launchers name .../current, so a pod exec'd during the swap sees old or new.
+copy_bundle() {
+    local venv src dest_home digest bundle previous d
+    venv=$(readlink -f "$FERRY_VENV")
+    src=$(readlink -f "$FERRY_SRC")
     dest_home=$HOST_ROOT$FERRY_HOME
-    if [[ $src != "$(readlink -m "$FERRY_HOME/venv")" ]]; then
-        echo "install.sh: --copy needs FERRY_VENV at \$FERRY_HOME/venv ($FERRY_HOME/venv), not" \
-             "$src: the console scripts' #! lines name the venv's absolute path" >&2
-        exit 1
-    fi
-    digest=$(cd "$src" && find . -printf '%P %s %T@ %l\n' | sort | sha256sum | cut -c1-12)
+    digest=$( { (cd "$venv" && find . -printf 'venv/%P %s %T@ %l\n')
+                (cd "$src" && find plugin loader bpf -name __pycache__ -prune -o \
+                     -printf 'src/%p %s %T@ %l\n' 2>/dev/null); } | sort | sha256sum | cut -c1-12)
+    bundle=ferry.$digest
     mkdir -p "$dest_home"
-    if [[ ! -d $dest_home/venv.$digest ]]; then
-        rm -rf "$dest_home/venv.$digest.tmp"
-        cp -a "$src/." "$dest_home/venv.$digest.tmp"
-        mv -T "$dest_home/venv.$digest.tmp" "$dest_home/venv.$digest"
-        say "copied the venv to $FERRY_HOME/venv.$digest"
+    if [[ ! -d $dest_home/$bundle ]]; then
+        rm -rf "${dest_home:?}/$bundle.tmp"
+        mkdir -p "$dest_home/$bundle.tmp/src"
+        cp -a "$venv/." "$dest_home/$bundle.tmp/venv"
+        for d in plugin loader bpf; do
+            [[ -d $src/$d ]] && cp -a "$src/$d" "$dest_home/$bundle.tmp/src/"
+        done
+        mv -T "$dest_home/$bundle.tmp" "$dest_home/$bundle"
+        say "copied venv and source to $FERRY_HOME/$bundle"
     fi
-    current=$(readlink "$dest_home/venv" 2>/dev/null || true)
-    link "venv.$digest" "$dest_home/venv"
-    if [[ -n $current && $current != "venv.$digest" && -d $dest_home/$current ]]; then
-        rm -rf "${dest_home:?}/$current"  # the previous version; new execs use the new one
+    previous=$(readlink "$dest_home/current" 2>/dev/null || true)
+    link "$bundle" "$dest_home/current"
+    if [[ -n $previous && $previous != "$bundle" && -d $dest_home/$previous ]]; then
+        rm -rf "${dest_home:?}/$previous"  # new execs use the new bundle from now on
     fi
+    # The interpreter the venv was made with, by major.minor (compiled wheels depend on it).
     local interp
-    interp=$(sed -n 's/^executable = //p' "$src/pyvenv.cfg")
-    if [[ -n $interp && ! -e $HOST_ROOT$interp ]]; then
+    interp=$(sed -n 's/^home = //p' "$venv/pyvenv.cfg")/python$(sed -n \
+        's/^version = \([0-9]*\.[0-9]*\).*/\1/p' "$venv/pyvenv.cfg")
+    if [[ ! -e $HOST_ROOT$interp ]]; then
         say "WARNING: the host has no $interp; ferry cannot run there until it does"
     fi
 }
@@ -178,27 +203,28 @@ install_conflist() {
 }
 
 do_install() {
-    local b target rendered
-    [[ -x $FERRY_VENV/bin/ferry ]] || {
-        echo "install.sh: no ferry in $FERRY_VENV (run scripts/setup.sh, or set FERRY_VENV)" >&2
+    local b rendered
+    [[ -x $FERRY_VENV/bin/python && -r $FERRY_SRC/plugin/cli.py ]] || {
+        echo "install.sh: no venv at $FERRY_VENV or no plugin/ in $FERRY_SRC" \
+             "(run scripts/setup.sh, or set FERRY_VENV and FERRY_SRC)" >&2
         exit 1
     }
     [[ -r $conflist ]] || { echo "install.sh: cannot read $conflist" >&2; exit 1; }
     rendered=$(render_conflist)  # before touching the node: a bad CIDR changes nothing
     mkdir -p "$bin_dir"
-    [[ $mode == copy ]] && copy_venv
-    for b in "${BINARIES[@]}"; do
+    [[ $mode == copy ]] && copy_bundle
+    for b in "${!BINARIES[@]}"; do
         if [[ $mode == copy ]]; then
-            target=$FERRY_HOME/venv/bin/$b
+            launcher "$b" "${BINARIES[$b]}" "$FERRY_HOME/current/venv" "$FERRY_HOME/current/src"
         else
-            target=$(readlink -f "$FERRY_VENV")/bin/$b
+            launcher "$b" "${BINARIES[$b]}" "$(readlink -f "$FERRY_VENV")" \
+                "$(readlink -f "$FERRY_SRC")"
         fi
-        link "$target" "$bin_dir/$b"
     done
     provide_chained
     # The config last: the runtime may start using ferry the moment it appears.
     install_conflist "$rendered"
-    say "done ($mode mode): $CNI_BIN_DIR/{$(IFS=,; echo "${BINARIES[*]}")}, $CNI_CONF_DIR/$conf_name"
+    say "done ($mode mode): $CNI_BIN_DIR/{$(IFS=,; echo "${!BINARIES[*]}")}, $CNI_CONF_DIR/$conf_name"
 }
 
 do_uninstall() {
@@ -208,7 +234,7 @@ do_uninstall() {
         rm -f "$conf_dir/$conf_name"
         say "removed $CNI_CONF_DIR/$conf_name"
     fi
-    for b in "${BINARIES[@]}"; do
+    for b in "${!BINARIES[@]}"; do
         if [[ -e $bin_dir/$b || -L $bin_dir/$b ]]; then
             rm -f "$bin_dir/$b"
             say "removed $CNI_BIN_DIR/$b"
@@ -223,9 +249,9 @@ do_uninstall() {
         rm -f "$manifest"
     fi
     if [[ $mode == copy && -d $HOST_ROOT$FERRY_HOME ]]; then
-        rm -rf "$HOST_ROOT$FERRY_HOME/venv" "$HOST_ROOT$FERRY_HOME"/venv.*
+        rm -rf "$HOST_ROOT$FERRY_HOME/current" "$HOST_ROOT$FERRY_HOME"/ferry.*
         rmdir "$HOST_ROOT$FERRY_HOME" 2>/dev/null || true
-        say "removed $FERRY_HOME/venv"
+        say "removed $FERRY_HOME/current and its bundle"
     fi
     local records
     records=$(find "$HOST_ROOT$FERRY_STATE_DIR" -name '*.json' 2>/dev/null | wc -l)
