@@ -21,9 +21,11 @@ RUN apt-get update \
 
 # The repository (see .dockerignore), then ferry and its dependencies installed into a venv.
 # The CNI launchers run plugin/ from the source directory (FERRY_SRC) with this venv.
+# Editable on purpose: loader/pins.py finds bpf/*.c next to loader/ in the source tree, and
+# bpf/ is not part of the wheel, so ferryd/ferryctl must run from /opt/ferry/src as well.
 COPY . /opt/ferry/src
 RUN python3 -m venv --system-site-packages /opt/ferry/venv \
- && /opt/ferry/venv/bin/python -m pip install --no-cache-dir /opt/ferry/src \
+ && /opt/ferry/venv/bin/python -m pip install --no-cache-dir -e /opt/ferry/src \
  && CNI_COMMAND=VERSION /opt/ferry/venv/bin/ferry
 
 ENV FERRY_HOME=/opt/ferry \
