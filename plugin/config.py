@@ -118,6 +118,9 @@ class NetConf(_Model):
     mtu: int = Field(1500, ge=576, le=65535)
     dataplane: Literal["auto", "ebpf", "iptables", "none"] = "auto"
     node_ip: Address | None = Field(None, alias="nodeIP")
+    # The IPv6 source of SNATed pod traffic (nodeIP holds one address, usually the IPv4 one);
+    # absent: the uplink's first global IPv6 address, none there: no IPv6 SNAT.
+    node_ip6: ipaddress.IPv6Address | None = Field(None, alias="nodeIPv6")
     snat_exclude_cidrs: list[Network] = Field([], alias="snatExcludeCidrs")
     # eBPF dataplane (plugin/dataplane/ebpf.py). The SNAT port range defaults to 61000-65535:
     # above the kernel's default ip_local_port_range (32768-60999), so the node's own
@@ -148,6 +151,12 @@ class NetConf(_Model):
 
     def prev(self) -> Result | None:
         return Result.from_dict(self.prev_result) if self.prev_result else None
+
+    @property
+    def pod_cidrs(self) -> list[Network]:
+        """The pods' own ranges, which the dataplanes exempt from SNAT (pod-to-pod traffic keeps
+        pod IPs). ferry-egress overrides it: its range is the very one to SNAT."""
+        return [r.subnet for rs in self.ipam.ranges for r in rs]
 
     @property
     def snat_ports(self) -> tuple[int, int]:
@@ -200,8 +209,9 @@ def parse(model: type[_Model], data: dict[str, Any]) -> Any:
                                  for x in e.errors())) from None
 
 
-def load_file(path: str, plugin_type: str = "ferry") -> tuple[NetConf, dict[str, Any]]:
-    """The `plugin_type` entry of a .conf or .conflist file, with the list's name and
+def load_file(path: str, plugin_type: str | None = None) -> tuple[NetConf, dict[str, Any]]:
+    """The `plugin_type` entry of a .conf or .conflist file (default: the first ferry* entry,
+    so a conflist of the reference ptp then ferry-egress has one), with the list's name and
     cniVersion filled in as a runtime would: (validated model, raw config)."""
     import json
     from pathlib import Path
@@ -211,8 +221,15 @@ def load_file(path: str, plugin_type: str = "ferry") -> tuple[NetConf, dict[str,
     except (OSError, ValueError) as e:
         raise CniError(Code.INVALID_CONFIG, f"cannot read network config {path}", str(e)) from None
     if "plugins" in data:
-        entry = next((p for p in data["plugins"] if p.get("type") == plugin_type), None)
+        entry = next((p for p in data["plugins"] if p.get("type") == plugin_type or
+                      (plugin_type is None and str(p.get("type", "")).startswith("ferry"))), None)
         if entry is None:
-            raise CniError(Code.INVALID_CONFIG, f"{path} has no plugin of type {plugin_type}")
+            raise CniError(Code.INVALID_CONFIG,
+                           f"{path} has no plugin of type {plugin_type or 'ferry*'}")
         data = {**entry, "name": data.get("name"), "cniVersion": data.get("cniVersion")}
-    return parse(NetConf, data), data
+    model: type[NetConf] = NetConf
+    if data.get("type") == "ferry-egress":
+        from plugin.egress.config import EgressConf  # late: it builds on this module
+
+        model = EgressConf
+    return parse(model, data), data

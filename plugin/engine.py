@@ -57,26 +57,7 @@ def add(conf: NetConf, req: Request) -> dict[str, Any]:
     att.pod_eni = eni.model_dump(mode="json") if eni else None
     undo: list[Callable[[], None]] = []
     try:
-        states.save(att)
-        undo.append(lambda: states.remove(att.container_id, att.ifname))
-        allocated = ipam.add(conf, req)
-        undo.append(lambda: ipam.release(conf, req))
-        ips = [IPConfig(ip.address, ip.gateway, interface=1) for ip in allocated.ips]
-        if not ips:
-            raise CniError(Code.INVALID_CONFIG, "IPAM returned no IP addresses")
-        att.ips = [str(ip.address) for ip in ips]
-        states.save(att)
-
-        # setup removes what it made if it fails; tearing down by name before it succeeded
-        # would delete a same-named link that was there before us.
-        links = wiring.setup(req.netns, req.ifname, att.host_veth, conf.mtu, ips,
-                             allocated.routes)
-        undo.append(lambda: wiring.teardown(att.netns, att.ifname, att.host_veth))
-
-        dataplane = select(conf)
-        dataplane.attach(conf, att)
-        undo.append(lambda: dataplane.detach(conf, att))
-
+        allocated, ips, links = provision(conf, req, att, states, undo)
         dns = conf.dns.model_dump(exclude_defaults=True) if conf.dns else allocated.dns
         result = Result(interfaces=[links.host, links.container], ips=ips,
                         routes=wiring.result_routes(ips, allocated.routes), dns=dns)
@@ -85,11 +66,37 @@ def add(conf: NetConf, req: Request) -> dict[str, Any]:
         states.save(att)
         return out
     except BaseException as failure:
-        _unwind(undo, failure)
+        unwind(undo, failure)
         raise
 
 
-def _unwind(undo: list[Callable[[], None]], failure: BaseException) -> None:
+def provision(conf: NetConf, req: Request, att: Attachment, states: StateStore,
+              undo: list[Callable[[], None]]) -> tuple[Result, list[IPConfig], wiring.PodLinks]:
+    """Record, IP, veth pair and dataplane state of one attachment, each step pushing its
+    inverse on `undo` (the caller unwinds on failure). Shared by ferry's ADD and ferry-egress's
+    (which passes its own req.ifname, the egress interface)."""
+    states.save(att)
+    undo.append(lambda: states.remove(att.container_id, att.ifname))
+    allocated = ipam.add(conf, req)
+    undo.append(lambda: ipam.release(conf, req))
+    ips = [IPConfig(ip.address, ip.gateway, interface=1) for ip in allocated.ips]
+    if not ips:
+        raise CniError(Code.INVALID_CONFIG, "IPAM returned no IP addresses")
+    att.ips = [str(ip.address) for ip in ips]
+    states.save(att)
+
+    # setup removes what it made if it fails; tearing down by name before it succeeded
+    # would delete a same-named link that was there before us.
+    links = wiring.setup(req.netns, req.ifname, att.host_veth, conf.mtu, ips, allocated.routes)
+    undo.append(lambda: wiring.teardown(att.netns, att.ifname, att.host_veth))
+
+    dataplane = select(conf)
+    dataplane.attach(conf, att)
+    undo.append(lambda: dataplane.detach(conf, att))
+    return allocated, ips, links
+
+
+def unwind(undo: list[Callable[[], None]], failure: BaseException) -> None:
     for step in reversed(undo):
         try:
             step()
@@ -103,11 +110,16 @@ def delete(conf: NetConf, req: Request) -> None:
     att = states.load(req.container_id, req.ifname) or Attachment(
         container_id=req.container_id, ifname=req.ifname, netns=req.netns,
         host_veth=host_veth(conf, req))
+    deprovision(conf, req, att, states)
+    return None
+
+
+def deprovision(conf: NetConf, req: Request, att: Attachment, states: StateStore) -> None:
+    """Undo provision() whatever of it happened; each step tolerates what is already gone."""
     select(conf).detach(conf, att)
     wiring.teardown(req.netns or att.netns, req.ifname, att.host_veth)
     ipam.release(conf, req)
     states.remove(req.container_id, req.ifname)
-    return None
 
 
 def check(conf: NetConf, req: Request) -> None:
@@ -143,13 +155,18 @@ def status(conf: NetConf, req: Request) -> None:
     return None
 
 
-def gc(conf: NetConf, req: Request) -> None:
-    """Remove every attachment of this network that the runtime no longer lists as valid."""
+def valid_attachments(req: Request) -> set[tuple[str, str]]:
+    """The GC request's (containerID, ifname) pairs the runtime still uses."""
     raw = req.config.get(VALID_ATTACHMENTS) or []
     try:
-        valid = {(a["containerID"], a["ifname"]) for a in raw}
+        return {(a["containerID"], a["ifname"]) for a in raw}
     except (TypeError, KeyError):
         raise CniError(Code.INVALID_CONFIG, f"malformed {VALID_ATTACHMENTS}") from None
+
+
+def gc(conf: NetConf, req: Request) -> None:
+    """Remove every attachment of this network that the runtime no longer lists as valid."""
+    valid = valid_attachments(req)
     states = StateStore(conf.state_dir, conf.name)
     dataplane = select(conf)
     for att in states.all():

@@ -244,11 +244,9 @@ def _fill_exclusions(conf: NetConf, d: str) -> None:
     for net in conf.snat_exclude_cidrs:
         if net.version == 4:
             want[(net.prefixlen, ip4(net.network_address))] = EXCLUDED_BY_CONFIG
-    for rs in conf.ipam.ranges:
-        for r in rs:
-            if r.subnet.version == 4:
-                want.setdefault((r.subnet.prefixlen, ip4(r.subnet.network_address)),
-                                EXCLUDED_POD_CIDR)
+    for net in conf.pod_cidrs:
+        if net.version == 4:
+            want.setdefault((net.prefixlen, ip4(net.network_address)), EXCLUDED_POD_CIDR)
     with open_map(d, "ferry_snat_excl") as ex:
         for k in list(ex.keys()):
             if (k.prefixlen, k.addr) not in want:
