@@ -57,6 +57,7 @@ EOF
 }
 write_launcher ferry plugin.cli
 write_launcher ferry-host-local plugin.ipam.cli
+write_launcher ferry-egress plugin.egress.cli
 for ref in /usr/lib/cni/*; do
     [[ -e /opt/cni/bin/$(basename "$ref") ]] || ln -s "$ref" /opt/cni/bin/
 done
