@@ -19,18 +19,17 @@ from typing import Any
 
 import pytest
 from chain_runtime import Runtime
-from ebpf_support import EbpfNode, ebpf_node
+from dataplane_support import MODES, DataplaneNode, dataplane_node
 from harness import FERRY, Node, Pod, exec_plugin, snapshot_diff, tcp_roundtrip, wait_settled
 
 EGRESS = FERRY.replace("/ferry", "/ferry-egress")
 RANGES = {4: "169.254.172.0/22", 6: "fd00::ac:0/118"}
 IFNAMES = {4: "v4if0", 6: "v6if0"}
-MODES = ["ebpf"]
 
 
 @dataclass
 class Chain:
-    en: EbpfNode
+    en: DataplaneNode
     rt: Runtime
     family: int  # the egress family; the pod's own is the other one
     conflist_path: str
@@ -94,7 +93,7 @@ def egress_entry(node: Node, family: int, mode: str, root: str) -> dict[str, Any
 def chain(mode: str, family: int, main: str = "ferry", version: str = "1.0.0") -> Iterator[Chain]:
     """A node with the conflist <main> + ferry-egress written to a file and the dataplane
     loaded from that file by `ferryctl load --config` (its first ferry* entry)."""
-    with ebpf_node(load=False) as en:
+    with dataplane_node(mode, load=False) as en:
         node = en.node
         pod_family = 10 - family
         conflist = {"cniVersion": version, "name": node.network,
@@ -252,8 +251,9 @@ def test_bad_inputs_change_nothing() -> None:
         assert not (d := snapshot_diff(before, c.snapshot())), d
 
 
-def test_del_is_idempotent_and_works_with_the_netns_gone() -> None:
-    with chain("ebpf", 4) as c:
+@pytest.mark.parametrize("mode", MODES)
+def test_del_is_idempotent_and_works_with_the_netns_gone(mode: str) -> None:
+    with chain(mode, 4) as c:
         base, before = in_service(c)
         pod = c.node.new_pod()
         c.rt.add(pod)
