@@ -5,8 +5,9 @@
   ferryctl inspect --config FILE [--json]         pods, NAT entries, redirects, filters
   ferryctl gc      --config FILE [--idle 300]     expire idle NAT entries
 
-FILE is the network's .conf or .conflist (the `ferry` entry is used). Run it in the node's
-network namespace: the uplink and the pods' host veths are looked up there.
+FILE is the network's .conf or .conflist (its first ferry* entry: `ferry`, or `ferry-egress`
+after another main plugin). Run it in the node's network namespace: the uplink and the pods'
+host veths are looked up there.
 """
 
 from __future__ import annotations
