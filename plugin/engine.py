@@ -26,12 +26,19 @@ VALID_ATTACHMENTS = "cni.dev/valid-attachments"
 def run(req: Request) -> dict[str, Any] | None:
     """Execute one validated request; the returned dict (if any) is printed as the result."""
     conf: NetConf = parse(NetConf, req.config)
+    return dispatch(_COMMANDS, conf, req)
+
+
+def dispatch(commands: dict[str, Callable[[Any, Request], dict[str, Any] | None]],
+             conf: NetConf, req: Request, **ctx: str) -> dict[str, Any] | None:
+    """Run req.command's handler with the log set up, and log its outcome and duration
+    (ctx: extra log fields, e.g. ferry-egress's interface)."""
     logging_setup.setup(conf.log)
     started = time.monotonic()
     ctx = {"cmd": req.command, "container": req.container_id, "ifname": req.ifname,
-           "network": conf.name}
+           "network": conf.name, **ctx}
     try:
-        out = _COMMANDS[req.command](conf, req)
+        out = commands[req.command](conf, req)
     except CniError as e:
         log.warning("%s failed: %s", req.command, e, extra={**ctx, "code": e.code})
         raise
@@ -44,15 +51,20 @@ def host_veth(conf: NetConf, req: Request) -> str:
     return wiring.host_veth_name(conf.veth_prefix, req.container_id, req.ifname, req.k8s_pod)
 
 
-def add(conf: NetConf, req: Request) -> dict[str, Any]:
-    states = StateStore(conf.state_dir, conf.name)
+def new_attachment(conf: NetConf, req: Request, states: StateStore) -> Attachment:
+    """The record a new ADD starts from; refused if one exists (DEL first)."""
     if states.load(req.container_id, req.ifname) is not None:
         raise CniError(Code.INVALID_ENV, "container is already attached to this network",
                        f"{req.container_id}/{req.ifname}: DEL it first")
-    att = Attachment(container_id=req.container_id, ifname=req.ifname, netns=req.netns,
-                     host_veth=host_veth(conf, req),
-                     k8s_pod=list(req.k8s_pod) if req.k8s_pod else None,
-                     owner_pid=os.getpid())
+    return Attachment(container_id=req.container_id, ifname=req.ifname, netns=req.netns,
+                      host_veth=host_veth(conf, req),
+                      k8s_pod=list(req.k8s_pod) if req.k8s_pod else None,
+                      owner_pid=os.getpid())
+
+
+def add(conf: NetConf, req: Request) -> dict[str, Any]:
+    states = StateStore(conf.state_dir, conf.name)
+    att = new_attachment(conf, req, states)
     eni = pod_eni(conf, req.args)
     att.pod_eni = eni.model_dump(mode="json") if eni else None
     undo: list[Callable[[], None]] = []

@@ -17,17 +17,22 @@ deprovision() and the undo stack of plugin.engine, wiring, IPAM and the network'
 from __future__ import annotations
 
 import dataclasses
-import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from plugin import ipam, wiring
-from plugin import log as logging_setup
 from plugin.config import parse
 from plugin.egress.config import EgressConf, EgressSwitch
-from plugin.engine import deprovision, host_veth, provision, unwind, valid_attachments
+from plugin.engine import (
+    deprovision,
+    dispatch,
+    host_veth,
+    new_attachment,
+    provision,
+    unwind,
+    valid_attachments,
+)
 from plugin.log import log
 from plugin.protocol import LATEST_VERSION, CniError, Code, Request, Result
 from plugin.state import Attachment, StateStore
@@ -45,18 +50,7 @@ def run(req: Request) -> dict[str, Any] | None:
             return Result.from_dict(switch.prev_result).to_dict(req.cni_version)
         return None
     conf: EgressConf = parse(EgressConf, req.config)
-    logging_setup.setup(conf.log)
-    started = time.monotonic()
-    ctx = {"cmd": req.command, "container": req.container_id, "ifname": conf.egress_ifname,
-           "network": conf.name, "plugin": "ferry-egress"}
-    try:
-        out = _COMMANDS[req.command](conf, req)
-    except CniError as e:
-        log.warning("egress %s failed: %s", req.command, e, extra={**ctx, "code": e.code})
-        raise
-    log.info("egress %s ok", req.command,
-             extra={**ctx, "ms": round((time.monotonic() - started) * 1000, 1)})
-    return out
+    return dispatch(_COMMANDS, conf, req, ifname=conf.egress_ifname, plugin="ferry-egress")
 
 
 def states(conf: EgressConf) -> StateStore:
@@ -84,13 +78,7 @@ def add(conf: EgressConf, req: Request) -> dict[str, Any]:
         return prev.to_dict(conf.cni_version)
     ereq = egress_request(conf, req)
     store = states(conf)
-    if store.load(ereq.container_id, ereq.ifname) is not None:
-        raise CniError(Code.INVALID_ENV, "container already has the egress interface",
-                       f"{ereq.container_id}/{ereq.ifname}: DEL it first")
-    att = Attachment(container_id=ereq.container_id, ifname=ereq.ifname, netns=ereq.netns,
-                     host_veth=host_veth(conf, ereq),
-                     k8s_pod=list(ereq.k8s_pod) if ereq.k8s_pod else None,
-                     owner_pid=os.getpid())
+    att = new_attachment(conf, ereq, store)
     undo: list[Callable[[], None]] = []
     try:
         allocated, ips, links = provision(conf, ereq, att, store, undo)
