@@ -1,5 +1,7 @@
-/* Shared by snat.c and redirect.c: headers and IPv4 parsing by offsets.
- * Parsing uses bpf_skb_load_bytes so that non-linear skbs (GSO, veth) work without a pull. */
+/* Shared by snat.c and redirect.c: headers and IPv4/IPv6 parsing by offsets.
+ * Parsing uses bpf_skb_load_bytes so that non-linear skbs (GSO, veth) work without a pull.
+ * The L4 part (ports, ICMP/ICMPv6 echo id) is parsed and described the same way for both
+ * families (struct l4), so the NAT's port and checksum code is written once. */
 #ifndef FERRY_COMMON_H
 #define FERRY_COMMON_H
 
@@ -11,6 +13,8 @@
 #include <uapi/linux/tcp.h>
 #include <uapi/linux/udp.h>
 #include <uapi/linux/icmp.h>
+#include <uapi/linux/ipv6.h>
+#include <uapi/linux/icmpv6.h>
 
 #ifndef AF_INET
 #define AF_INET 2
@@ -25,20 +29,65 @@ static long (*redirect_neigh)(__u32 ifindex, struct bpf_redir_neigh *params, int
 #define IP_SRC_OFF (ETH_HLEN + offsetof(struct iphdr, saddr))
 #define IP_DST_OFF (ETH_HLEN + offsetof(struct iphdr, daddr))
 #define IP_TTL_OFF (ETH_HLEN + offsetof(struct iphdr, ttl))
+#define IP6_SRC_OFF (ETH_HLEN + offsetof(struct ipv6hdr, saddr))
+#define IP6_DST_OFF (ETH_HLEN + offsetof(struct ipv6hdr, daddr))
+#define IP6_EXT_MAX 4 /* extension headers skipped before giving up (a bounded loop) */
+
+/* What the NAT can translate: TCP/UDP ports, or an ICMP/ICMPv6 echo id. */
+enum { L4_OTHER = 0, L4_PORTS, L4_ECHO_REQ, L4_ECHO_REPLY };
+
+struct l4 {
+    __u16 sport;     /* network order; ICMP echo: the id in the direction's "port" slot */
+    __u16 dport;
+    __u32 off;       /* offset of the L4 header */
+    __u8 proto;
+    __u8 kind;       /* L4_* */
+    __u8 pad[2];
+};
 
 struct pkt4 {
     __u32 saddr;
     __u32 daddr;
-    __u16 sport;     /* network order; ICMP echo: the id in the direction's "port" slot */
-    __u16 dport;
-    __u32 l4_off;
-    __u8 proto;
-    __u8 icmp_type;
     __u8 ttl;
-    __u8 pad;
+    __u8 pad[3];
+    struct l4 l4;
 };
 
-/* 0: parsed IPv4 (ports filled for TCP/UDP/ICMP echo), -1: not IPv4 or not for us. */
+struct pkt6 {
+    __u32 saddr[4];
+    __u32 daddr[4];
+    struct l4 l4;
+};
+
+/* Ports or echo id of l4->proto at l4->off; `icmp` is the family's ICMP protocol with its echo
+ * request/reply types. A read failure leaves kind L4_OTHER: the packet is not translated. */
+static __always_inline void parse_l4(struct __sk_buff *skb, struct l4 *l4, __u8 icmp,
+                                     __u8 echo_req, __u8 echo_reply)
+{
+    l4->sport = l4->dport = 0;
+    l4->kind = L4_OTHER;
+    if (l4->proto == IPPROTO_TCP || l4->proto == IPPROTO_UDP) {
+        __u16 ports[2];
+        if (bpf_skb_load_bytes(skb, l4->off, ports, sizeof(ports)) < 0)
+            return;
+        l4->sport = ports[0];
+        l4->dport = ports[1];
+        l4->kind = L4_PORTS;
+    } else if (l4->proto == icmp) {
+        struct icmphdr ic; /* ICMPv6 echo has the same layout: type, code, csum, id, seq */
+        if (bpf_skb_load_bytes(skb, l4->off, &ic, sizeof(ic)) < 0)
+            return;
+        if (ic.type == echo_req) {
+            l4->sport = ic.un.echo.id;
+            l4->kind = L4_ECHO_REQ;
+        } else if (ic.type == echo_reply) {
+            l4->dport = ic.un.echo.id;
+            l4->kind = L4_ECHO_REPLY;
+        }
+    }
+}
+
+/* 0: parsed IPv4 (l4 filled), -1: not IPv4 or not for us. */
 static __always_inline int parse4(struct __sk_buff *skb, struct pkt4 *p)
 {
     struct iphdr iph;
@@ -50,31 +99,57 @@ static __always_inline int parse4(struct __sk_buff *skb, struct pkt4 *p)
         return -1;
     p->saddr = iph.saddr;
     p->daddr = iph.daddr;
-    p->proto = iph.protocol;
     p->ttl = iph.ttl;
-    p->l4_off = ETH_HLEN + iph.ihl * 4;
-    p->sport = p->dport = 0;
-    p->icmp_type = 0;
+    p->l4.proto = iph.protocol;
+    p->l4.off = ETH_HLEN + iph.ihl * 4;
+    p->l4.sport = p->l4.dport = 0;
+    p->l4.kind = L4_OTHER;
     /* A non-first fragment has no L4 header: leave it to the stack. */
     if (iph.frag_off & bpf_htons(0x1fff))
         return 0;
-    if (p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP) {
-        __u16 ports[2];
-        if (bpf_skb_load_bytes(skb, p->l4_off, ports, sizeof(ports)) < 0)
-            return -1;
-        p->sport = ports[0];
-        p->dport = ports[1];
-    } else if (p->proto == IPPROTO_ICMP) {
-        struct icmphdr ic;
-        if (bpf_skb_load_bytes(skb, p->l4_off, &ic, sizeof(ic)) < 0)
-            return -1;
-        p->icmp_type = ic.type;
-        if (ic.type == ICMP_ECHO)
-            p->sport = ic.un.echo.id;
-        else if (ic.type == ICMP_ECHOREPLY)
-            p->dport = ic.un.echo.id;
-    }
+    parse_l4(skb, &p->l4, IPPROTO_ICMP, ICMP_ECHO, ICMP_ECHOREPLY);
     return 0;
+}
+
+/* 0: parsed IPv6 (l4 filled), -1: not IPv6. Hop-by-hop and destination options are skipped
+ * (at most IP6_EXT_MAX); anything else (fragment, routing, ...) stays L4_OTHER: the stack's. */
+static __always_inline int parse6(struct __sk_buff *skb, struct pkt6 *p)
+{
+    struct ipv6hdr ip6;
+    struct ipv6_opt_hdr opt;
+    __u32 off = ETH_HLEN + sizeof(struct ipv6hdr);
+    __u8 next;
+    int i;
+
+    if (skb->protocol != bpf_htons(ETH_P_IPV6))
+        return -1;
+    if (bpf_skb_load_bytes(skb, IP_OFF, &ip6, sizeof(ip6)) < 0)
+        return -1;
+    __builtin_memcpy(p->saddr, &ip6.saddr, 16);
+    __builtin_memcpy(p->daddr, &ip6.daddr, 16);
+    next = ip6.nexthdr;
+    for (i = 0; i < IP6_EXT_MAX; i++) {
+        if (next != IPPROTO_HOPOPTS && next != IPPROTO_DSTOPTS)
+            break;
+        if (bpf_skb_load_bytes(skb, off, &opt, sizeof(opt)) < 0)
+            return -1;
+        next = opt.nexthdr;
+        off += (opt.hdrlen + 1) * 8;
+    }
+    p->l4.proto = next;
+    p->l4.off = off;
+    parse_l4(skb, &p->l4, IPPROTO_ICMPV6, ICMPV6_ECHO_REQUEST, ICMPV6_ECHO_REPLY);
+    return 0;
+}
+
+static __always_inline int ip6_eq(const __u32 *a, const __u32 *b)
+{
+    return ((a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3])) == 0;
+}
+
+static __always_inline int ip6_zero(const __u32 *a)
+{
+    return (a[0] | a[1] | a[2] | a[3]) == 0;
 }
 
 static __always_inline struct nat_config *nat_cfg(void)

@@ -1,78 +1,128 @@
-/* Egress SNAT for pods (IPv4): ferry_snat_eg on the uplink's tc egress, ferry_snat_in on its
- * tc ingress. The design follows Cilium's bpf/lib/nat.h: a 5-tuple LRU map per direction, the
- * reverse entry inserted with BPF_NOEXIST as the collision check, the original port kept when
- * it is inside the range, otherwise a random one, then up to NAT_RETRIES tries (random, +1...).
- * A reverse lookup miss goes to the stack: it is the node's own traffic. */
+/* Egress SNAT for pods, IPv4 and IPv6: ferry_snat_eg on the uplink's tc egress, ferry_snat_in on
+ * its tc ingress; each dispatches on the family. The design follows Cilium's bpf/lib/nat.h: a
+ * 5-tuple LRU map per direction (and per family), the reverse entry inserted with BPF_NOEXIST
+ * as the collision check, the original port kept when it is inside the range, otherwise a
+ * random one, then up to NAT_RETRIES tries (random, +1...). A reverse lookup miss goes to the
+ * stack: it is the node's own traffic.
+ * The families differ only in their addresses (maps, L3 checksum); ports, echo ids, the L4
+ * checksum of the port and the port choice are shared helpers on struct l4. */
 #include "common.h"
 
-static __always_inline __u16 l4_csum_off(__u8 proto, __u32 l4_off)
+/* bpf_l4_csum_replace: for IPv6, tell the kernel there is no L3 checksum to compensate a
+ * CHECKSUM_COMPLETE skb->csum (6.16+, backported); older kernels refuse it with -EINVAL. */
+#define FERRY_F_IPV6 (1ULL << 7)
+#define EINVAL 22
+
+static __always_inline __u32 l4_csum_off(struct l4 *l4)
 {
-    if (proto == IPPROTO_TCP)
-        return l4_off + offsetof(struct tcphdr, check);
-    if (proto == IPPROTO_UDP)
-        return l4_off + offsetof(struct udphdr, check);
-    return l4_off + offsetof(struct icmphdr, checksum);
+    if (l4->proto == IPPROTO_TCP)
+        return l4->off + offsetof(struct tcphdr, check);
+    if (l4->proto == IPPROTO_UDP)
+        return l4->off + offsetof(struct udphdr, check);
+    return l4->off + offsetof(struct icmphdr, checksum); /* ICMPv6: the same offset */
 }
 
+/* UDP: a zero checksum means "none" (IPv4) and must stay zero; a result of zero is sent as
+ * 0xffff (BPF_F_MARK_MANGLED_0). */
+static __always_inline __u64 l4_csum_flags(struct l4 *l4)
+{
+    return l4->proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
+}
+
+/* Rewrite the source port (or echo id of a request) or the destination port (or echo id of a
+ * reply), with its L4 checksum; the address part is the family's. */
+static __always_inline int rewrite_port(struct __sk_buff *skb, struct l4 *l4, int src,
+                                        __u16 new_port)
+{
+    __u16 old_port = src ? l4->sport : l4->dport;
+    __u32 off = l4->kind == L4_PORTS ? l4->off + (src ? 0 : 2)
+                                     : l4->off + offsetof(struct icmphdr, un.echo.id);
+
+    if (bpf_l4_csum_replace(skb, l4_csum_off(l4), old_port, new_port,
+                            l4_csum_flags(l4) | 2) < 0)
+        return -1;
+    return bpf_skb_store_bytes(skb, off, &new_port, 2, 0) < 0 ? -1 : 0;
+}
+
+static __always_inline int snat_kind(struct l4 *l4)
+{
+    /* sport 0: a TCP/UDP packet with no port to keep (never a real flow) */
+    return (l4->kind == L4_PORTS && l4->sport) || l4->kind == L4_ECHO_REQ;
+}
+
+static __always_inline int rnat_kind(struct l4 *l4)
+{
+    return l4->kind == L4_PORTS || l4->kind == L4_ECHO_REPLY;
+}
+
+/* The port allocation of nat_alloc4/6: the first candidate and the next one after try i. */
+static __always_inline __u32 port_first(struct nat_config *cfg, __u16 sport)
+{
+    __u32 port = bpf_ntohs(sport);
+    if (port < cfg->port_min || port > cfg->port_max)
+        port = cfg->port_min + bpf_get_prandom_u32() % (cfg->port_max - cfg->port_min + 1);
+    return port;
+}
+
+static __always_inline __u32 port_next(struct nat_config *cfg, __u32 port, int i)
+{
+    if (i == 0)
+        return cfg->port_min + bpf_get_prandom_u32() % (cfg->port_max - cfg->port_min + 1);
+    return port >= cfg->port_max ? cfg->port_min : port + 1;
+}
+
+static __always_inline int snat_cfg_ok(struct nat_config *cfg)
+{
+    return cfg && cfg->port_max >= cfg->port_min;
+}
+
+/* Reverse lookups are only for replies to the node IP inside the SNAT range; the rest (the
+ * node's own traffic) goes to the stack. */
+static __always_inline int port_in_range(struct nat_config *cfg, __u16 dport)
+{
+    __u32 port = bpf_ntohs(dport);
+    return port >= cfg->port_min && port <= cfg->port_max;
+}
+
+/* ---- IPv4 ---------------------------------------------------------------------------- */
+
 /* Rewrite one address (src or dst) and its port/echo id, fixing the IP and L4 checksums. */
-static __always_inline int rewrite(struct __sk_buff *skb, struct pkt4 *p, int src,
-                                   __u32 new_addr, __u16 new_port)
+static __always_inline int rewrite4(struct __sk_buff *skb, struct pkt4 *p, int src,
+                                    __u32 new_addr, __u16 new_port)
 {
     __u32 old_addr = src ? p->saddr : p->daddr;
-    __u16 old_port = src ? p->sport : p->dport;
-    __u32 csum_off = l4_csum_off(p->proto, p->l4_off);
-    __u32 port_off;
-    __u64 flags = 0;
 
-    if (p->proto == IPPROTO_ICMP) {
-        port_off = p->l4_off + offsetof(struct icmphdr, un.echo.id);
-    } else {
-        port_off = p->l4_off + (src ? 0 : 2);
-        /* UDP: a zero checksum means "none" and must stay zero; a result of zero is sent
-         * as 0xffff (BPF_F_MARK_MANGLED_0). */
-        flags = p->proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
-        if (bpf_l4_csum_replace(skb, csum_off, old_addr, new_addr,
-                                flags | BPF_F_PSEUDO_HDR | 4) < 0)
-            return -1;
-    }
-    if (bpf_l4_csum_replace(skb, csum_off, old_port, new_port, flags | 2) < 0)
+    /* ICMP's checksum has no pseudo-header; TCP's and UDP's cover the addresses. */
+    if (p->l4.kind == L4_PORTS &&
+        bpf_l4_csum_replace(skb, l4_csum_off(&p->l4), old_addr, new_addr,
+                            l4_csum_flags(&p->l4) | BPF_F_PSEUDO_HDR | 4) < 0)
+        return -1;
+    if (rewrite_port(skb, &p->l4, src, new_port) < 0)
         return -1;
     if (bpf_l3_csum_replace(skb, IP_CSUM_OFF, old_addr, new_addr, 4) < 0)
         return -1;
     if (bpf_skb_store_bytes(skb, src ? IP_SRC_OFF : IP_DST_OFF, &new_addr, 4, 0) < 0)
         return -1;
-    if (bpf_skb_store_bytes(skb, port_off, &new_port, 2, 0) < 0)
-        return -1;
     return 0;
 }
 
-static __always_inline int snat_proto(struct pkt4 *p)
-{
-    return p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP ||
-           (p->proto == IPPROTO_ICMP && p->icmp_type == ICMP_ECHO);
-}
-
 /* Pick the external port for a new flow and claim it by inserting the reverse entry. */
-static __always_inline int nat_alloc(struct nat_config *cfg, struct pkt4 *p,
-                                     struct nat_entry4 *out)
+static __always_inline int nat_alloc4(struct nat_config *cfg, struct pkt4 *p,
+                                      struct nat_entry4 *out)
 {
     struct nat_tuple4 rk = {};
     struct nat_entry4 rv = {};
-    __u32 min = cfg->port_min, max = cfg->port_max;
-    __u32 range = max - min + 1;
-    __u32 port = bpf_ntohs(p->sport);
+    __u32 port = port_first(cfg, p->l4.sport);
     __u64 now = bpf_ktime_get_ns();
     int i;
 
-    if (port < min || port > max)
-        port = min + bpf_get_prandom_u32() % range;
     rk.saddr = p->daddr;
     rk.daddr = cfg->node_ip;
-    rk.proto = p->proto;
-    if (p->proto != IPPROTO_ICMP)
-        rk.sport = p->dport;
+    rk.proto = p->l4.proto;
+    if (p->l4.kind == L4_PORTS)
+        rk.sport = p->l4.dport;
     rv.addr = p->saddr;
-    rv.port = p->sport;
+    rv.port = p->l4.sport;
     rv.created = rv.last_used = now;
     for (i = 0; i < NAT_RETRIES; i++) {
         rk.dport = bpf_htons((__u16)port);
@@ -82,15 +132,12 @@ static __always_inline int nat_alloc(struct nat_config *cfg, struct pkt4 *p,
             out->created = out->last_used = now;
             return 0;
         }
-        if (i == 0)
-            port = min + bpf_get_prandom_u32() % range;
-        else
-            port = port >= max ? min : port + 1;
+        port = port_next(cfg, port, i);
     }
     return -1;
 }
 
-int ferry_snat_eg(struct __sk_buff *skb)
+static __always_inline int snat4_eg(struct __sk_buff *skb)
 {
     struct pkt4 p = {};
     struct ip4_key ek = {};
@@ -101,10 +148,8 @@ int ferry_snat_eg(struct __sk_buff *skb)
     struct endpoint *ep;
     struct nat_config *cfg;
 
-    if (parse4(skb, &p) < 0 || !snat_proto(&p))
+    if (parse4(skb, &p) < 0 || !snat_kind(&p.l4))
         return TC_ACT_OK;
-    if (p.proto != IPPROTO_ICMP && !p.sport)
-        return TC_ACT_OK; /* a non-first fragment */
     ek.addr = p.saddr;
     ep = ferry_endpoints.lookup(&ek);
     if (!ep || (ep->flags & EP_F_POD_ENI))
@@ -114,58 +159,193 @@ int ferry_snat_eg(struct __sk_buff *skb)
     if (ferry_snat_excl.lookup(&lk))
         return TC_ACT_OK;
     cfg = nat_cfg();
-    if (!cfg || !cfg->node_ip || cfg->port_max < cfg->port_min)
+    if (!snat_cfg_ok(cfg) || !cfg->node_ip)
         return TC_ACT_OK;
 
     fk.saddr = p.saddr;
     fk.daddr = p.daddr;
-    fk.sport = p.sport;
-    fk.dport = p.dport;
-    fk.proto = p.proto;
+    fk.sport = p.l4.sport;
+    fk.dport = p.l4.dport;
+    fk.proto = p.l4.proto;
     e = ferry_nat_fwd.lookup(&fk);
     if (e) {
         e->last_used = bpf_ktime_get_ns();
     } else {
-        if (nat_alloc(cfg, &p, &fresh) < 0)
+        if (nat_alloc4(cfg, &p, &fresh) < 0)
             return TC_ACT_SHOT; /* the range is exhausted for this destination */
         ferry_nat_fwd.update(&fk, &fresh);
         e = &fresh;
     }
-    if (rewrite(skb, &p, 1, e->addr, e->port) < 0)
+    if (rewrite4(skb, &p, 1, e->addr, e->port) < 0)
         return TC_ACT_SHOT;
     return TC_ACT_OK;
 }
 
-int ferry_snat_in(struct __sk_buff *skb)
+static __always_inline int snat4_in(struct __sk_buff *skb)
 {
     struct pkt4 p = {};
     struct nat_tuple4 rk = {};
     struct nat_entry4 *e;
     struct nat_config *cfg;
-    __u32 port;
 
-    if (parse4(skb, &p) < 0)
-        return TC_ACT_OK;
-    if (p.proto == IPPROTO_ICMP && p.icmp_type != ICMP_ECHOREPLY)
-        return TC_ACT_OK;
-    if (p.proto != IPPROTO_TCP && p.proto != IPPROTO_UDP && p.proto != IPPROTO_ICMP)
+    if (parse4(skb, &p) < 0 || !rnat_kind(&p.l4))
         return TC_ACT_OK;
     cfg = nat_cfg();
-    if (!cfg || p.daddr != cfg->node_ip)
+    if (!snat_cfg_ok(cfg) || p.daddr != cfg->node_ip || !port_in_range(cfg, p.l4.dport))
         return TC_ACT_OK;
-    port = bpf_ntohs(p.dport);
-    if (port < cfg->port_min || port > cfg->port_max)
-        return TC_ACT_OK; /* outside the SNAT range: the node's own traffic */
     rk.saddr = p.saddr;
     rk.daddr = p.daddr;
-    rk.sport = p.sport;
-    rk.dport = p.dport;
-    rk.proto = p.proto;
+    rk.sport = p.l4.sport;
+    rk.dport = p.l4.dport;
+    rk.proto = p.l4.proto;
     e = ferry_nat_rev.lookup(&rk);
     if (!e)
         return TC_ACT_OK;
     e->last_used = bpf_ktime_get_ns();
-    if (rewrite(skb, &p, 0, e->addr, e->port) < 0)
+    if (rewrite4(skb, &p, 0, e->addr, e->port) < 0)
         return TC_ACT_SHOT;
     return TC_ACT_OK;
+}
+
+/* ---- IPv6 ---------------------------------------------------------------------------- */
+
+/* IPv6 has no L3 checksum; TCP's, UDP's and ICMPv6's checksums all cover the addresses through
+ * the pseudo-header: one bpf_csum_diff over the 16 bytes, applied as a pseudo-header change. */
+static __always_inline int rewrite6(struct __sk_buff *skb, struct pkt6 *p, int src,
+                                    __u32 *new_addr, __u16 new_port)
+{
+    __u32 *old_addr = src ? p->saddr : p->daddr;
+    __u32 csum_off = l4_csum_off(&p->l4);
+    __u64 flags = l4_csum_flags(&p->l4) | BPF_F_PSEUDO_HDR;
+    __s64 diff = bpf_csum_diff(old_addr, 16, new_addr, 16, 0);
+    long ret;
+
+    if (diff < 0)
+        return -1;
+    ret = bpf_l4_csum_replace(skb, csum_off, 0, diff, flags | FERRY_F_IPV6);
+    if (ret == -EINVAL)
+        ret = bpf_l4_csum_replace(skb, csum_off, 0, diff, flags);
+    if (ret < 0)
+        return -1;
+    if (rewrite_port(skb, &p->l4, src, new_port) < 0)
+        return -1;
+    if (bpf_skb_store_bytes(skb, src ? IP6_SRC_OFF : IP6_DST_OFF, new_addr, 16, 0) < 0)
+        return -1;
+    return 0;
+}
+
+static __always_inline int nat_alloc6(struct nat_config *cfg, struct pkt6 *p,
+                                      struct nat_entry6 *out)
+{
+    struct nat_tuple6 rk = {};
+    struct nat_entry6 rv = {};
+    __u32 port = port_first(cfg, p->l4.sport);
+    __u64 now = bpf_ktime_get_ns();
+    int i;
+
+    __builtin_memcpy(rk.saddr, p->daddr, 16);
+    __builtin_memcpy(rk.daddr, cfg->node_ip6, 16);
+    rk.proto = p->l4.proto;
+    if (p->l4.kind == L4_PORTS)
+        rk.sport = p->l4.dport;
+    __builtin_memcpy(rv.addr, p->saddr, 16);
+    rv.port = p->l4.sport;
+    rv.created = rv.last_used = now;
+    for (i = 0; i < NAT_RETRIES; i++) {
+        rk.dport = bpf_htons((__u16)port);
+        if (ferry_nat_rev6.insert(&rk, &rv) == 0) {
+            __builtin_memcpy(out->addr, cfg->node_ip6, 16);
+            out->port = rk.dport;
+            out->created = out->last_used = now;
+            return 0;
+        }
+        port = port_next(cfg, port, i);
+    }
+    return -1;
+}
+
+static __always_inline int snat6_eg(struct __sk_buff *skb)
+{
+    struct pkt6 p = {};
+    struct ip6_key ek = {};
+    struct lpm6_key lk = {};
+    struct nat_tuple6 fk = {};
+    struct nat_entry6 fresh = {};
+    struct nat_entry6 *e;
+    struct nat_config *cfg;
+
+    /* Only TCP, UDP and echo requests: NDP, MLD and ICMPv6 errors pass untouched. */
+    if (parse6(skb, &p) < 0 || !snat_kind(&p.l4))
+        return TC_ACT_OK;
+    __builtin_memcpy(ek.addr, p.saddr, 16);
+    if (!ferry_endpoint6.lookup(&ek)) /* no pod ENI flag: redirection is IPv4 only */
+        return TC_ACT_OK;
+    lk.prefixlen = 128;
+    __builtin_memcpy(lk.addr, p.daddr, 16);
+    if (ferry_snat_ex6.lookup(&lk))
+        return TC_ACT_OK;
+    cfg = nat_cfg();
+    if (!snat_cfg_ok(cfg) || ip6_zero(cfg->node_ip6))
+        return TC_ACT_OK;
+
+    __builtin_memcpy(fk.saddr, p.saddr, 16);
+    __builtin_memcpy(fk.daddr, p.daddr, 16);
+    fk.sport = p.l4.sport;
+    fk.dport = p.l4.dport;
+    fk.proto = p.l4.proto;
+    e = ferry_nat_fwd6.lookup(&fk);
+    if (e) {
+        e->last_used = bpf_ktime_get_ns();
+    } else {
+        if (nat_alloc6(cfg, &p, &fresh) < 0)
+            return TC_ACT_SHOT;
+        ferry_nat_fwd6.update(&fk, &fresh);
+        e = &fresh;
+    }
+    if (rewrite6(skb, &p, 1, e->addr, e->port) < 0)
+        return TC_ACT_SHOT;
+    return TC_ACT_OK;
+}
+
+static __always_inline int snat6_in(struct __sk_buff *skb)
+{
+    struct pkt6 p = {};
+    struct nat_tuple6 rk = {};
+    struct nat_entry6 *e;
+    struct nat_config *cfg;
+
+    if (parse6(skb, &p) < 0 || !rnat_kind(&p.l4))
+        return TC_ACT_OK;
+    cfg = nat_cfg();
+    if (!snat_cfg_ok(cfg) || ip6_zero(cfg->node_ip6) || !ip6_eq(p.daddr, cfg->node_ip6) ||
+        !port_in_range(cfg, p.l4.dport))
+        return TC_ACT_OK;
+    __builtin_memcpy(rk.saddr, p.saddr, 16);
+    __builtin_memcpy(rk.daddr, p.daddr, 16);
+    rk.sport = p.l4.sport;
+    rk.dport = p.l4.dport;
+    rk.proto = p.l4.proto;
+    e = ferry_nat_rev6.lookup(&rk);
+    if (!e)
+        return TC_ACT_OK;
+    e->last_used = bpf_ktime_get_ns();
+    if (rewrite6(skb, &p, 0, e->addr, e->port) < 0)
+        return TC_ACT_SHOT;
+    return TC_ACT_OK;
+}
+
+/* ---- programs ------------------------------------------------------------------------ */
+
+int ferry_snat_eg(struct __sk_buff *skb)
+{
+    if (skb->protocol == bpf_htons(ETH_P_IPV6))
+        return snat6_eg(skb);
+    return snat4_eg(skb);
+}
+
+int ferry_snat_in(struct __sk_buff *skb)
+{
+    if (skb->protocol == bpf_htons(ETH_P_IPV6))
+        return snat6_in(skb);
+    return snat4_in(skb);
 }

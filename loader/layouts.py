@@ -6,7 +6,9 @@ Python side (loader.maps) reads and writes the pinned maps with the very same St
 Standard library only: the CNI ADD path imports this module.
 
 Byte order: addresses and ports are kept in network byte order, exactly as they sit in the
-packet, so the programs never convert; `ip4()` / `port()` convert on the Python side.
+packet, so the programs never convert; `ip4()` / `ip6()` / `port()` convert on the Python side.
+IPv6 addresses are four u32 words (the packet's 16 bytes), so the C side compares and copies
+them word by word; IPv6 has its own maps (suffix 6) with the same roles as the IPv4 ones.
 """
 
 from __future__ import annotations
@@ -31,6 +33,14 @@ class Ip4Key(_Struct):
     _fields_ = [("addr", ct.c_uint32)]
 
 
+Addr6 = ct.c_uint32 * 4  # an IPv6 address, the packet's 16 bytes
+
+
+class Ip6Key(_Struct):
+    c_name = "ip6_key"
+    _fields_ = [("addr", Addr6)]
+
+
 class Endpoint(_Struct):
     """A pod IP on this node (the CNI ADD inserts it, DEL removes it)."""
 
@@ -43,17 +53,23 @@ class Lpm4Key(_Struct):
     _fields_ = [("prefixlen", ct.c_uint32), ("addr", ct.c_uint32)]
 
 
+class Lpm6Key(_Struct):
+    c_name = "lpm6_key"
+    _fields_ = [("prefixlen", ct.c_uint32), ("addr", Addr6)]
+
+
 class Excluded(_Struct):
     c_name = "excluded"
     _fields_ = [("reason", ct.c_uint32)]  # 1: snatExcludeCidrs, 2: a pod CIDR
 
 
 class NatConfig(_Struct):
-    """Node-level SNAT parameters (array map, one slot), written by the load step."""
+    """Node-level SNAT parameters (array map, one slot), written by the load step. One port
+    range for both families; node_ip / node_ip6 all zero: no SNAT for that family."""
 
     c_name = "nat_config"
     _fields_ = [("node_ip", ct.c_uint32), ("port_min", ct.c_uint16), ("port_max", ct.c_uint16),
-                ("uplink_ifindex", ct.c_uint32), ("pad", ct.c_uint32)]
+                ("uplink_ifindex", ct.c_uint32), ("pad", ct.c_uint32), ("node_ip6", Addr6)]
 
 
 class NatTuple4(_Struct):
@@ -72,6 +88,22 @@ class NatEntry4(_Struct):
     c_name = "nat_entry4"
     _fields_ = [("addr", ct.c_uint32), ("port", ct.c_uint16), ("pad", ct.c_uint16),
                 ("created", ct.c_uint64), ("last_used", ct.c_uint64)]
+
+
+class NatTuple6(_Struct):
+    """NatTuple4 for IPv6 (ICMPv6 echo ids placed the same way)."""
+
+    c_name = "nat_tuple6"
+    _fields_ = [("saddr", Addr6), ("daddr", Addr6), ("sport", ct.c_uint16),
+                ("dport", ct.c_uint16), ("proto", ct.c_uint8), ("pad", ct.c_uint8 * 3)]
+
+
+class NatEntry6(_Struct):
+    """NatEntry4 for IPv6."""
+
+    c_name = "nat_entry6"
+    _fields_ = [("addr", Addr6), ("port", ct.c_uint16), ("pad", ct.c_uint16),
+                ("pad2", ct.c_uint32), ("created", ct.c_uint64), ("last_used", ct.c_uint64)]
 
 
 class Redirect(_Struct):
@@ -108,11 +140,16 @@ MAPS: dict[str, MapSpec] = {m.name: m for m in (
     MapSpec("ferry_nat_fwd", "lru_hash", NatTuple4, NatEntry4, 65536),
     MapSpec("ferry_nat_rev", "lru_hash", NatTuple4, NatEntry4, 65536),
     MapSpec("ferry_redirect", "hash", Ip4Key, Redirect, 4096),
+    # IPv6 SNAT: the same roles as the four IPv4 maps above (names: 15 chars at most).
+    MapSpec("ferry_endpoint6", "hash", Ip6Key, Endpoint, 16384),
+    MapSpec("ferry_snat_ex6", "lpm_trie", Lpm6Key, Excluded, 1024, "BPF_F_NO_PREALLOC"),
+    MapSpec("ferry_nat_fwd6", "lru_hash", NatTuple6, NatEntry6, 65536),
+    MapSpec("ferry_nat_rev6", "lru_hash", NatTuple6, NatEntry6, 65536),
     MapSpec("ferry_meta", "array", ct.c_uint32, Meta, 1),
 )}
 # Programs: function name in bpf/*.c == kernel prog name (15 chars max) == pin file name.
 PROGRAMS = ("ferry_snat_eg", "ferry_snat_in", "ferry_eni_eg", "ferry_eni_in")
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2  # 2: IPv6 maps, nat_config.node_ip6
 
 _C_TYPES = {ct.c_uint8: "__u8", ct.c_uint16: "__u16", ct.c_uint32: "__u32",
             ct.c_uint64: "__u64"}
@@ -161,6 +198,15 @@ def ip4(addr: str | ipaddress.IPv4Address) -> int:
 
 def ip4_str(value: int) -> str:
     return socket.inet_ntoa(value.to_bytes(4, "little"))
+
+
+def ip6(addr: str | ipaddress.IPv6Address) -> ct.Array[ct.c_uint32]:
+    """An IPv6 address as the four u32 words that hold its 16 bytes (as in the packet)."""
+    return Addr6.from_buffer_copy(ipaddress.IPv6Address(addr).packed)
+
+
+def ip6_str(value: ct.Array[ct.c_uint32]) -> str:
+    return str(ipaddress.IPv6Address(bytes(value)))
 
 
 def port(p: int) -> int:

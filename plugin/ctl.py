@@ -39,7 +39,8 @@ def render(info: dict[str, Any]) -> str:
         return f"network {info['network']}: not loaded (no pins under {info.get('pins')})\n"
     head = (f"network {info['network']}  pins {info.get('pins', '-')}  "
             f"build {info.get('hash', '-')}  "
-            f"uplink {info.get('uplink', '?')}  nodeIP {info.get('nodeIP', '?')}\n")
+            f"uplink {info.get('uplink', '?')}  nodeIP {info.get('nodeIP', '?')}"
+            f"  nodeIPv6 {info.get('nodeIPv6') or '-'}\n")
     filters = "".join(f"  {dev}: ingress {f['ingress']} egress {f['egress']}\n"
                       for dev, f in info["filters"].items())
     return (head + "filters:\n" + filters

@@ -7,7 +7,8 @@ Pod level (`Ebpf.attach`, the CNI ADD): map updates only, plus for a pod with a 
 filter on its host veth (what it sends) and one on its ENI (what it receives). The ADD path
 opens pins with raw bpf(2): it never imports bcc and never compiles.
 
-IPv4 only for now: IPv6 pod addresses are routed without SNAT or redirection.
+SNAT covers IPv4 and IPv6 (one map set per family, see _Family); pod-ENI redirection is IPv4
+only: a pod ENI pod's IPv6 traffic is routed through the node and SNATed like any pod's.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import ipaddress
 import platform
 import socket
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +33,18 @@ from loader.layouts import (
     Endpoint,
     Excluded,
     Ip4Key,
+    Ip6Key,
     Lpm4Key,
+    Lpm6Key,
     NatConfig,
     NatTuple4,
+    NatTuple6,
     Redirect,
     as_dict,
     ip4,
     ip4_str,
+    ip6,
+    ip6_str,
     mac_bytes,
     mac_str,
     port_host,
@@ -50,16 +58,48 @@ from plugin.protocol import CniError, Code
 from plugin.state import Attachment, StateStore
 
 MIN_KERNEL = (5, 11)  # bpf_redirect_neigh with a next hop, bpf_redirect_peer
-PROTOS = {socket.IPPROTO_TCP: "tcp", socket.IPPROTO_UDP: "udp", socket.IPPROTO_ICMP: "icmp"}
+PROTOS = {socket.IPPROTO_TCP: "tcp", socket.IPPROTO_UDP: "udp", socket.IPPROTO_ICMP: "icmp",
+          socket.IPPROTO_ICMPV6: "icmp6"}
 EXCLUDED_BY_CONFIG, EXCLUDED_POD_CIDR = 1, 2
+
+
+@dataclass(frozen=True)
+class _Family:
+    """The maps and conversions of one address family: the v4 and v6 code paths below are the
+    same code over this table."""
+
+    version: int
+    endpoints: str
+    exclusions: str
+    fwd: str
+    rev: str
+    key: type[Ip4Key] | type[Ip6Key]
+    lpm: type[Lpm4Key] | type[Lpm6Key]
+    nat_tuple: type[NatTuple4] | type[NatTuple6]
+    raw: Callable[[Any], Any]  # address text -> the map's representation
+    text: Callable[[Any], str]  # and back
+    icmp: int
+
+    def addrs(self, ips: list[str]) -> list[str]:
+        """This family's addresses of an attachment's "addr/len" list, canonical text."""
+        return [str(ipaddress.ip_interface(ip).ip) for ip in ips
+                if ipaddress.ip_interface(ip).version == self.version]
+
+    def endpoint(self, addr: Any, port: int) -> str:
+        """'ip:port' or '[ip6]:port': rpartition(':') splits either."""
+        text = self.text(addr)
+        return f"{text}:{port_host(port)}" if self.version == 4 else f"[{text}]:{port_host(port)}"
+
+
+V4 = _Family(4, "ferry_endpoints", "ferry_snat_excl", "ferry_nat_fwd", "ferry_nat_rev",
+             Ip4Key, Lpm4Key, NatTuple4, ip4, ip4_str, socket.IPPROTO_ICMP)
+V6 = _Family(6, "ferry_endpoint6", "ferry_snat_ex6", "ferry_nat_fwd6", "ferry_nat_rev6",
+             Ip6Key, Lpm6Key, NatTuple6, ip6, ip6_str, socket.IPPROTO_ICMPV6)
+FAMILIES = (V4, V6)
 
 
 def pin_dir(conf: NetConf) -> str:
     return pins.pin_dir(conf.bpffs_root, conf.name)
-
-
-def _v4(ips: list[str]) -> list[str]:
-    return [ip.split("/")[0] for ip in ips if ":" not in ip]
 
 
 def probe(conf: NetConf, need_pins: bool = True) -> tuple[bool, str]:
@@ -87,6 +127,10 @@ class Ebpf:
     name = "ebpf"
 
     def load(self, conf: NetConf, cflags: tuple[str, ...] = ()) -> dict[str, Any]:
+        from plugin.dataplane.iptables import Iptables
+
+        # Switching modes: ferry's SNAT chains would translate the same packets a second time.
+        Iptables().unload(conf)
         return load_node(conf, cflags)
 
     def unload(self, conf: NetConf) -> dict[str, Any]:
@@ -105,16 +149,18 @@ class Ebpf:
                            f"the eBPF dataplane of network {conf.name} is not loaded",
                            f"no complete pins under {d}: run `ferryctl load --config "
                            "<this network's config file>` on the node, then retry")
-        v4 = _v4(att.ips)
+        v4 = V4.addrs(att.ips)
         try:
             with IPRoute() as ipr:
                 host_idx = _index(ipr, att.host_veth)
                 if host_idx is None:
                     raise CniError(Code.INTERNAL, f"host veth {att.host_veth} is missing")
-                flags = EP_F_POD_ENI if att.pod_eni else 0
-                with open_map(d, "ferry_endpoints") as eps:
-                    for ip in v4:
-                        eps.put(Ip4Key(ip4(ip)), Endpoint(ifindex=host_idx, flags=flags))
+                for fam in FAMILIES:
+                    # The pod ENI flag (no SNAT) only where redirection exists: IPv4.
+                    flags = EP_F_POD_ENI if att.pod_eni and fam is V4 else 0
+                    with open_map(d, fam.endpoints) as eps:
+                        for ip in fam.addrs(att.ips):
+                            eps.put(fam.key(fam.raw(ip)), Endpoint(ifindex=host_idx, flags=flags))
                 if att.pod_eni:
                     self._attach_eni(d, att, ipr, host_idx, v4)
         except BaseException:
@@ -149,12 +195,12 @@ class Ebpf:
     def detach(self, conf: NetConf, att: Attachment) -> None:
         """Remove the pod's map entries and filters; whatever is already gone is skipped."""
         d = pin_dir(conf)
-        for name in ("ferry_endpoints", "ferry_redirect"):
+        for fam, name in ((V4, "ferry_redirect"), *((f, f.endpoints) for f in FAMILIES)):
             with contextlib.suppress(OSError), open_map(d, name) as m:
-                for ip in _v4(att.ips):
-                    m.delete(Ip4Key(ip4(ip)))
+                for ip in fam.addrs(att.ips):
+                    m.delete(fam.key(fam.raw(ip)))
         with contextlib.suppress(OSError):
-            _purge_nat(d, {ip4(ip) for ip in _v4(att.ips)})
+            _purge_nat(d, att.ips)
         with IPRoute() as ipr:
             host_idx = _index(ipr, att.host_veth)
             if host_idx is not None and att.pod_eni:
@@ -204,16 +250,31 @@ def resolve_uplink(conf: NetConf, ipr: IPRoute) -> tuple[str, int, ipaddress.IPv
     return name, idx, node_ip
 
 
+def resolve_node_ip6(conf: NetConf, ipr: IPRoute, idx: int) -> ipaddress.IPv6Address | None:
+    """nodeIPv6, else an IPv6 nodeIP, else the uplink's first global IPv6; None: no IPv6 SNAT
+    (the program leaves IPv6 alone while nat_config.node_ip6 is zero)."""
+    if conf.node_ip6 is not None:
+        return conf.node_ip6
+    if isinstance(conf.node_ip, ipaddress.IPv6Address):
+        return conf.node_ip
+    for a in ipr.get_addr(index=idx, family=socket.AF_INET6):
+        if a["scope"] == 0:  # global: not link-local (fe80::) nor host
+            return ipaddress.IPv6Address(a.get_attr("IFA_ADDRESS"))
+    return None
+
+
 def load_node(conf: NetConf, cflags: tuple[str, ...] = ()) -> dict[str, Any]:
     """Compile or reopen, configure, attach on the uplink and re-sync the pods. Idempotent:
     the node agent calls it at every start, `ferryctl load` by hand."""
     res = pins.load(conf.bpffs_root, conf.name, cflags=cflags)
     with IPRoute() as ipr:
         uplink, idx, node_ip = resolve_uplink(conf, ipr)
+        node_ip6 = resolve_node_ip6(conf, ipr, idx)
         low, high = conf.snat_ports
         with open_map(res.dir, "ferry_nat_cfg") as cfg:
-            cfg.put(ctypes.c_uint32(0), NatConfig(node_ip=ip4(node_ip), port_min=low,
-                                                  port_max=high, uplink_ifindex=idx))
+            cfg.put(ctypes.c_uint32(0), NatConfig(
+                node_ip=ip4(node_ip), port_min=low, port_max=high, uplink_ifindex=idx,
+                node_ip6=ip6(node_ip6 or "::")))
         _fill_exclusions(conf, res.dir)
         tc.attach(ipr, idx, "egress", pins.prog_path(res.dir, "ferry_snat_eg"),
                   "ferry_snat_eg")
@@ -231,7 +292,8 @@ def load_node(conf: NetConf, cflags: tuple[str, ...] = ()) -> dict[str, Any]:
             log.warning("load: cannot re-sync %s/%s: %s", att.container_id, att.ifname, e)
     summary = {"network": conf.name, "pins": res.dir, "compiled": res.compiled,
                "seconds": round(res.seconds, 4), "hash": res.hash[:16], "uplink": uplink,
-               "nodeIP": str(node_ip), "snatPorts": f"{low}-{high}", "progIds": res.prog_ids,
+               "nodeIP": str(node_ip), "nodeIPv6": str(node_ip6 or ""),
+               "snatPorts": f"{low}-{high}", "progIds": res.prog_ids,
                "synced": synced}
     log.info("ebpf dataplane %s", "compiled and pinned" if res.compiled else
              "reused from pins (no compile)", extra=summary)
@@ -239,20 +301,22 @@ def load_node(conf: NetConf, cflags: tuple[str, ...] = ()) -> dict[str, Any]:
 
 
 def _fill_exclusions(conf: NetConf, d: str) -> None:
-    """snatExcludeCidrs plus the pod CIDRs (pod-to-pod traffic between nodes keeps pod IPs)."""
-    want: dict[tuple[int, int], int] = {}
-    for net in conf.snat_exclude_cidrs:
-        if net.version == 4:
-            want[(net.prefixlen, ip4(net.network_address))] = EXCLUDED_BY_CONFIG
-    for net in conf.pod_cidrs:
-        if net.version == 4:
-            want.setdefault((net.prefixlen, ip4(net.network_address)), EXCLUDED_POD_CIDR)
-    with open_map(d, "ferry_snat_excl") as ex:
-        for k in list(ex.keys()):
-            if (k.prefixlen, k.addr) not in want:
-                ex.delete(k)
-        for (plen, addr), reason in want.items():
-            ex.put(Lpm4Key(prefixlen=plen, addr=addr), Excluded(reason=reason))
+    """snatExcludeCidrs plus the pod CIDRs (pod-to-pod traffic between nodes keeps pod IPs),
+    each family into its own trie."""
+    for fam in FAMILIES:
+        want: dict[tuple[int, str], int] = {}
+        for net in conf.snat_exclude_cidrs:
+            if net.version == fam.version:
+                want[(net.prefixlen, str(net.network_address))] = EXCLUDED_BY_CONFIG
+        for net in conf.pod_cidrs:
+            if net.version == fam.version:
+                want.setdefault((net.prefixlen, str(net.network_address)), EXCLUDED_POD_CIDR)
+        with open_map(d, fam.exclusions) as ex:
+            for k in list(ex.keys()):
+                if (k.prefixlen, fam.text(k.addr)) not in want:
+                    ex.delete(k)
+            for (plen, addr), reason in want.items():
+                ex.put(fam.lpm(prefixlen=plen, addr=fam.raw(addr)), Excluded(reason=reason))
 
 
 def unload_node(conf: NetConf) -> dict[str, Any]:
@@ -287,14 +351,15 @@ def inspect(conf: NetConf) -> dict[str, Any]:
     out["programs"] = [{"name": name, "id": prog_id, "pin": pins.prog_path(d, name)}
                        for name, prog_id in out["progIds"].items()]
     now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-    with open_map(d, "ferry_endpoints") as eps:
-        for k, v in eps.items():
-            out["pods"].append({"ip": ip4_str(k.addr), "ifindex": v.ifindex,
-                                "device": _ifname(v.ifindex),
-                                "podENI": bool(v.flags & EP_F_POD_ENI)})
-    with open_map(d, "ferry_nat_fwd") as fwd:
-        for k, v in fwd.items():
-            out["nat"].append(_nat_row(k, v, now))
+    for fam in FAMILIES:
+        with open_map(d, fam.endpoints) as eps:
+            for k, v in eps.items():
+                out["pods"].append({"ip": fam.text(k.addr), "ifindex": v.ifindex,
+                                    "device": _ifname(v.ifindex),
+                                    "podENI": bool(v.flags & EP_F_POD_ENI)})
+        with open_map(d, fam.fwd) as fwd:
+            for k, v in fwd.items():
+                out["nat"].append(_nat_row(fam, k, v, now))
     with open_map(d, "ferry_redirect") as rd:
         for k, r in rd.items():
             raw = as_dict(r)
@@ -306,16 +371,16 @@ def inspect(conf: NetConf) -> dict[str, Any]:
     with IPRoute() as ipr, contextlib.suppress(CniError):
         uplink, idx, node_ip = resolve_uplink(conf, ipr)
         out["uplink"], out["nodeIP"] = uplink, str(node_ip)
+        out["nodeIPv6"] = str(resolve_node_ip6(conf, ipr, idx) or "")
         out["filters"][uplink] = {dr: tc.filters(ipr, idx, dr)  # type: ignore[arg-type]
                                   for dr in ("ingress", "egress")}
     return out
 
 
-def _nat_row(k: NatTuple4, v: Any, now: int) -> dict[str, Any]:
-    proto = PROTOS.get(k.proto, str(k.proto))
-    return {"proto": proto, "pod": f"{ip4_str(k.saddr)}:{port_host(k.sport)}",
-            "dst": f"{ip4_str(k.daddr)}:{port_host(k.dport)}",
-            "nat": f"{ip4_str(v.addr)}:{port_host(v.port)}",
+def _nat_row(fam: _Family, k: Any, v: Any, now: int) -> dict[str, Any]:
+    return {"proto": PROTOS.get(k.proto, str(k.proto)),
+            "pod": fam.endpoint(k.saddr, k.sport), "dst": fam.endpoint(k.daddr, k.dport),
+            "nat": fam.endpoint(v.addr, v.port),
             "idleSeconds": round(max(0, now - v.last_used) / 1e9, 1)}
 
 
@@ -327,44 +392,48 @@ def _ifname(index: int) -> str:
 
 
 def gc_nat(conf: NetConf, idle_seconds: float) -> int:
-    """Expire NAT pairs idle for longer than `idle_seconds` in both directions; returns how
-    many flows were removed. The LRU maps also evict under pressure; this keeps them small."""
+    """Expire NAT pairs idle for longer than `idle_seconds` in both directions, both families;
+    returns how many flows were removed. The LRU maps also evict under pressure; this keeps
+    them small."""
     d = pin_dir(conf)
     now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
     limit = int(idle_seconds * 1e9)
     removed = 0
-    with open_map(d, "ferry_nat_fwd") as fwd, open_map(d, "ferry_nat_rev") as rev:
-        for k, v in fwd.items():
-            rk = _reverse_key(k, v)
-            back = rev.get(rk)
-            last = max(v.last_used, back.last_used if back is not None else 0)
-            if now - last > limit:
-                fwd.delete(k)
-                rev.delete(rk)
-                removed += 1
-        for k, v in rev.items():  # reverse entries whose forward half the LRU evicted
-            if now - v.last_used > limit:
-                rev.delete(k)
+    for fam in FAMILIES:
+        with open_map(d, fam.fwd) as fwd, open_map(d, fam.rev) as rev:
+            for k, v in fwd.items():
+                rk = _reverse_key(fam, k, v)
+                back = rev.get(rk)
+                last = max(v.last_used, back.last_used if back is not None else 0)
+                if now - last > limit:
+                    fwd.delete(k)
+                    rev.delete(rk)
+                    removed += 1
+            for k, v in rev.items():  # reverse entries whose forward half the LRU evicted
+                if now - v.last_used > limit:
+                    rev.delete(k)
     return removed
 
 
-def _purge_nat(d: str, addrs: set[int]) -> None:
-    """Drop the NAT flows of a deleted pod, so that its IP's next owner starts clean. A walk of
-    the table: DEL pays for it, the packet path does not."""
-    if not addrs:
-        return
-    with open_map(d, "ferry_nat_fwd") as fwd, open_map(d, "ferry_nat_rev") as rev:
-        for k, v in fwd.items():
-            if k.saddr in addrs:
-                fwd.delete(k)
-                rev.delete(_reverse_key(k, v))
-        for k, v in rev.items():
-            if v.addr in addrs:
-                rev.delete(k)
+def _purge_nat(d: str, ips: list[str]) -> None:
+    """Drop the NAT flows of a deleted pod (both families), so that its IP's next owner starts
+    clean. A walk of the tables: DEL pays for it, the packet path does not."""
+    for fam in FAMILIES:
+        addrs = set(fam.addrs(ips))
+        if not addrs:
+            continue
+        with open_map(d, fam.fwd) as fwd, open_map(d, fam.rev) as rev:
+            for k, v in fwd.items():
+                if fam.text(k.saddr) in addrs:
+                    fwd.delete(k)
+                    rev.delete(_reverse_key(fam, k, v))
+            for k, v in rev.items():
+                if fam.text(v.addr) in addrs:
+                    rev.delete(k)
 
 
-def _reverse_key(k: NatTuple4, v: Any) -> NatTuple4:
-    """The reply's tuple for a forward entry (ICMP: the id travels in dport)."""
-    icmp = k.proto == socket.IPPROTO_ICMP
-    return NatTuple4(saddr=k.daddr, daddr=v.addr, sport=0 if icmp else k.dport, dport=v.port,
-                     proto=k.proto)
+def _reverse_key(fam: _Family, k: Any, v: Any) -> Any:
+    """The reply's tuple for a forward entry (ICMP/ICMPv6 echo: the id travels in dport)."""
+    return fam.nat_tuple(saddr=k.daddr, daddr=v.addr,
+                         sport=0 if k.proto == fam.icmp else k.dport, dport=v.port,
+                         proto=k.proto)

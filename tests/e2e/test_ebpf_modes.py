@@ -28,7 +28,7 @@ def test_add_with_ebpf_and_nothing_loaded_is_try_again_later() -> None:
                     or f.endswith(".json")]
         en.load()
         pod.result = en.node.cni("ADD", pod, en.conf).ok()
-        assert [p["ip"] for p in en.inspect()["pods"]] == pod.ips(4)
+        assert [p["ip"] for p in en.inspect()["pods"]] == pod.ips(4) + pod.ips(6)
 
 
 def test_auto_logs_its_choice() -> None:
@@ -41,7 +41,8 @@ def test_auto_logs_its_choice() -> None:
         b = en.node.add_pod("auto-b", conf=conf)
         assert "dataplane auto: ebpf" in _log(en.node)
         # load re-synced a (recorded before the load) and b went straight into the map.
-        assert sorted(p["ip"] for p in en.inspect()["pods"]) == sorted(a.ips(4) + b.ips(4))
+        assert sorted(p["ip"] for p in en.inspect()["pods"]) == sorted(a.ips(4) + b.ips(4)
+                                                                      + a.ips(6) + b.ips(6))
 
 
 def test_second_load_reuses_pins_and_a_new_flag_recompiles() -> None:
@@ -64,7 +65,8 @@ def test_inspect_table_and_unload() -> None:
     with ebpf_node() as en:
         pod = en.add_pod("table")
         text = en.ctl("inspect").stdout
-        assert "pods (1):" in text and pod.ips(4)[0] in text and "uplink0" in text
+        assert "pods (2):" in text and pod.ips(4)[0] in text and "uplink0" in text
+        assert pod.ips(6)[0] in text and "nodeIPv6 fd99::1" in text
         assert "ferry_snat_eg" in text
         out = json.loads(en.ctl("unload", "--json").stdout)
         assert out["removedPins"] is True and not os.path.exists(en.pin_dir)

@@ -111,13 +111,15 @@ def test_del_leaves_no_entry_filter_or_pin_of_the_pod(en: EbpfNode) -> None:
             client(p.ns, "udp", en.node.ext_ip4, 8084)
         seen(srv, 2)
     before = en.inspect()
-    assert len(before["pods"]) == 2 and len(before["nat"]) == 2
+    # one row per pod address: dual-stack pods, both families' endpoints
+    assert len(before["pods"]) == 4 and len(before["nat"]) == 2
     pin_files = sorted(_walk(en.pin_dir))
     for p in pods:
         en.node.cni("DEL", p, en.conf).ok()
     after = en.inspect()
     assert after["pods"] == [] and after["nat"] == [] and after["redirects"] == []
-    for name in ("ferry_endpoints", "ferry_nat_fwd", "ferry_nat_rev", "ferry_redirect"):
+    for name in ("ferry_endpoints", "ferry_nat_fwd", "ferry_nat_rev", "ferry_redirect",
+                 "ferry_endpoint6", "ferry_nat_fwd6", "ferry_nat_rev6"):
         # bpftool in the host namespaces: `ip netns exec` would mount a /sys without bpffs.
         dump = sh("bpftool", "-j", "map", "dump", "pinned", f"{en.pin_dir}/maps/{name}")
         assert json.loads(dump) == [], f"{name} still holds {dump}"
