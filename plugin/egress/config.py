@@ -35,8 +35,8 @@ class EgressConf(NetConf):
     enabled: bool = True
     ifname: str | None = Field(None, alias="ifName", min_length=1, max_length=15)
     # AWS's choices, as its iptables rule flags: hashrandom -> --random, prng -> --random-fully,
-    # none -> neither. The iptables dataplane applies it; the eBPF SNAT always keeps an
-    # in-range source port and picks a random one otherwise (prng-like), whatever is set.
+    # none -> neither. Accepted for config compatibility; both dataplanes act as prng today
+    # (iptables --random-fully; eBPF keeps an in-range source port, else a random one).
     randomize_snat: Literal["hashrandom", "prng", "none"] = Field("prng", alias="randomizeSNAT")
 
     @field_validator("node_ip", mode="before")
