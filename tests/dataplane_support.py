@@ -191,3 +191,17 @@ def seen(proc: subprocess.Popen, count: int) -> list[tuple[str, int]]:
 def client(ns: Netns, mode: str, ip: str, port: int, flows: int = 1) -> None:
     out = ns.run("python3", "-c", CLIENT, mode, ip, str(port), str(flows))
     assert out.strip() == f"ok {flows}", out
+
+
+def netfilter_state(ns: Netns) -> dict[str, str]:
+    """Both back ends' nat and filter tables in both families, and the policy routing rules:
+    what the iptables dataplane may touch. iptables-save's '# Generated/Completed on <date>'
+    lines are dropped, being the only part that changes from one call to the next."""
+    out = {}
+    for tool in ("iptables-nft-save", "ip6tables-nft-save", "iptables-legacy-save",
+                 "ip6tables-legacy-save"):
+        text = ns.run(tool)
+        out[tool] = "".join(ln for ln in text.splitlines(keepends=True) if not ln.startswith("#"))
+    out["ip rule"] = ns.ip("rule", "show")
+    out["ip -6 rule"] = ns.ip("-6", "rule", "show")
+    return out

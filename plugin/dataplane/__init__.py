@@ -68,7 +68,7 @@ def select(conf: NetConf, loading: bool = False) -> Dataplane:
 
     ebpf: always the eBPF dataplane (its ADD fails with code 11 until `ferryctl load` ran).
     auto: ebpf when plugin.dataplane.ebpf.probe() passes, else the fallback below.
-    iptables: not built yet; the seam is `fallback`, which auto uses too.
+    iptables: the fallback, plugin.dataplane.iptables.
     """
     if conf.dataplane == "none":
         return RoutingOnly()
@@ -88,6 +88,9 @@ def select(conf: NetConf, loading: bool = False) -> Dataplane:
 
 
 def fallback(conf: NetConf) -> Dataplane:
-    """Where the iptables dataplane plugs in (a later milestone); routing only until then."""
-    log.info("dataplane %s: iptables dataplane not built yet, routing only", conf.dataplane)
-    return RoutingOnly()
+    """The iptables dataplane: for mode iptables, and for auto where ebpf is not possible."""
+    from plugin.dataplane.iptables import Iptables
+
+    if conf.dataplane == "auto":
+        log.info("dataplane auto: iptables")
+    return Iptables()
