@@ -279,3 +279,19 @@ def test_check_sees_a_missing_egress_route() -> None:
         err = results["ferry-egress"].error(103)
         assert "0.0.0.0/0" in err["details"]
         c.rt.delete(pod)
+
+
+def test_gc_removes_the_egress_of_unlisted_containers() -> None:
+    with chain("ebpf", 4, version="1.1.0") as c:
+        keep, gone = c.node.new_pod("keep"), c.node.new_pod("gone")
+        c.rt.add(keep)
+        c.rt.add(gone)
+        valid = [{"containerID": keep.container_id, "ifname": "eth0"}]
+        c.exec_egress("GC", keep, None, **{"cni.dev/valid-attachments": valid}).ok()
+        assert pod_links(gone) == ["eth0", "lo"]  # ferry's own part is ferry's GC's business
+        assert pod_links(keep) == ["eth0", "lo", "v4if0"]
+        assert len(egress_ips(c.node)) == 1
+        pods = {p["ip"] for p in c.en.inspect()["pods"]}
+        assert {ip for ip in pods if ":" not in ip} == set(egress_ips(c.node))
+        assert_egress_works(c, keep)
+        c.exec_egress("STATUS", keep, None).ok()
