@@ -171,3 +171,27 @@ def test_explicit_node_ipv6(mode: str) -> None:
         dp.load()
         pod = dp.add_pod("explicit6")
         assert tcp_roundtrip(pod.ns, node.ext, node.ext_ip6, port=8087) == "fd98::1"
+
+
+def test_checksums_hold_without_offloads(dp: DataplaneNode) -> None:
+    # veth marks what it forwards CHECKSUM_UNNECESSARY (and passes CHECKSUM_PARTIAL along) when
+    # offloads are on, so nobody would verify the rewritten checksums. With tx/rx checksumming
+    # off on every hop, each sender computes full checksums and each receiver verifies them:
+    # TCP, UDP and ICMPv6 (whose checksum has the pseudo-header too) must still get through.
+    node, pod = dp.node, dp.add_pod("csum6")
+    host_veth = pod.result["interfaces"][0]["name"]  # type: ignore[index]
+    for ns, dev in ((pod.ns, "eth0"), (node.ns, host_veth), (node.ns, "uplink0"),
+                    (node.ext, "ext0")):
+        ns.run("ethtool", "-K", dev, "tx", "off", "rx", "off")
+    with recorder(node.ext, "tcp", node.ext_ip6, 8088) as srv:
+        client(pod.ns, "tcp", node.ext_ip6, 8088)
+        assert seen(srv, 1)[0][0] == node.node_ip6
+    with recorder(node.ext, "udp", node.ext_ip6, 8089) as srv:
+        client(pod.ns, "udp", node.ext_ip6, 8089)
+        assert seen(srv, 1)[0][0] == node.node_ip6
+    assert ping(pod.ns, node.ext_ip6, count=2)
+    for ns in (node.ext, pod.ns):
+        errors = {k: v for k, v in (line.split() for line in
+                                    ns.run("cat", "/proc/net/snmp6").splitlines())
+                  if k.endswith("CsumErrors") and v != "0"}
+        assert not errors, f"{ns.name}: {errors}"
