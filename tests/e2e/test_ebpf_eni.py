@@ -1,21 +1,31 @@
 """Pod-ENI redirection: a pod given its own uplink device (a second veth from the node to the
 'ext' namespace, the "VPC") sends and receives through it with its own IP, unSNATed, while
-other pods keep leaving via the uplink with the node IP."""
+other pods keep leaving via the uplink with the node IP. In every mode of MODES; the tc
+filters behind it are checked by the eBPF-only test."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
 import pytest
-from ebpf_support import EbpfNode, client, ebpf_node, link_stats, recorder, seen, tc_show
+from dataplane_support import (
+    MODES,
+    DataplaneNode,
+    client,
+    dataplane_node,
+    link_stats,
+    recorder,
+    seen,
+    tc_show,
+)
 from harness import ping, sh
 
 ENI_NODE, ENI_GW = "10.98.0.2", "10.98.0.1"
 
 
-@pytest.fixture
-def en() -> Iterator[EbpfNode]:
-    with ebpf_node() as n:
+@pytest.fixture(params=MODES)
+def en(request: pytest.FixtureRequest) -> Iterator[DataplaneNode]:
+    with dataplane_node(request.param) as n:
         node = n.node
         sh("ip", "link", "add", "eni1", "netns", node.ns.name, "type", "veth", "peer", "name",
            "vpc1", "netns", node.ext.name)
@@ -26,7 +36,7 @@ def en() -> Iterator[EbpfNode]:
         yield n
 
 
-def test_pod_eni_sends_and_receives_through_its_device(en: EbpfNode) -> None:
+def test_pod_eni_sends_and_receives_through_its_device(en: DataplaneNode) -> None:
     node = en.node
     eni_pod = en.add_pod("branch", runtimeConfig={"podENI": {"device": "eni1",
                                                              "gateway": ENI_GW}})
@@ -57,19 +67,28 @@ def test_pod_eni_sends_and_receives_through_its_device(en: EbpfNode) -> None:
     assert redirect["ip"] == pod_ip and redirect["eni"] == "eni1"
     assert redirect["gateway"] == ENI_GW
     assert not [r for r in info["nat"] if r["pod"].startswith(pod_ip + ":")]
-    assert "ferry_eni_in" in tc_show(node.ns, "eni1", "ingress")
-    host_veth = eni_pod.result["interfaces"][0]["name"]  # type: ignore[index]
-    assert "ferry_eni_eg" in tc_show(node.ns, host_veth, "ingress")
 
     # DEL finds the ENI from the attachment record (no podENI in the DEL's config).
     en.node.cni("DEL", eni_pod, en.conf).ok()
     info = en.inspect()
     assert info["redirects"] == [] and pod_ip not in [p["ip"] for p in info["pods"]]
+
+
+def test_ebpf_pod_eni_filters_come_and_go(en: DataplaneNode) -> None:
+    if en.mode != "ebpf":
+        pytest.skip("tc filters are the eBPF redirect's")
+    node = en.node
+    pod = en.add_pod("branch-tc", runtimeConfig={"podENI": {"device": "eni1",
+                                                           "gateway": ENI_GW}})
+    assert "ferry_eni_in" in tc_show(node.ns, "eni1", "ingress")
+    host_veth = pod.result["interfaces"][0]["name"]  # type: ignore[index]
+    assert "ferry_eni_eg" in tc_show(node.ns, host_veth, "ingress")
+    en.node.cni("DEL", pod, en.conf).ok()
     assert "ferry" not in tc_show(node.ns, "eni1", "ingress")
     assert "clsact" not in node.ns.run("tc", "qdisc", "show", "dev", "eni1")
 
 
-def test_pod_eni_by_cni_args_and_missing_device(en: EbpfNode) -> None:
+def test_pod_eni_by_cni_args_and_missing_device(en: DataplaneNode) -> None:
     node = en.node
     pod = node.new_pod("by-args")
     args = f"{pod.args};FERRY_POD_ENI=eni1;FERRY_POD_ENI_GW={ENI_GW}"

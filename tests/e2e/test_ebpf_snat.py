@@ -1,6 +1,7 @@
 """eBPF SNAT end to end: pods wired by the real `ferry` binary, the dataplane loaded by
 `ferryctl load`, an 'ext' host that has no route to the pod CIDR (so it can only answer
-packets that left with the node IP) recording the source address and port of what it gets."""
+packets that left with the node IP) recording the source address and port of what it gets.
+Every test runs against each dataplane in MODES unless it uses `ebpf_en` (pins, maps, tc)."""
 
 from __future__ import annotations
 
@@ -9,14 +10,29 @@ import os
 from collections.abc import Iterator
 
 import pytest
-from ebpf_support import EbpfNode, client, ebpf_node, recorder, seen, tc_show
+from dataplane_support import (
+    MODES,
+    DataplaneNode,
+    client,
+    dataplane_node,
+    ebpf_node,
+    recorder,
+    seen,
+    tc_show,
+)
 from harness import ping, sh, tcp_roundtrip
 
 PORTS = (61000, 65535)
 
 
+@pytest.fixture(params=MODES)
+def en(request: pytest.FixtureRequest) -> Iterator[DataplaneNode]:
+    with dataplane_node(request.param, snatExcludeCidrs=["10.97.0.0/24"]) as n:
+        yield n
+
+
 @pytest.fixture
-def en() -> Iterator[EbpfNode]:
+def ebpf_en() -> Iterator[DataplaneNode]:
     with ebpf_node(snatExcludeCidrs=["10.97.0.0/24"]) as n:
         yield n
 
@@ -25,12 +41,12 @@ def in_range(port: int, low: int = PORTS[0], high: int = PORTS[1]) -> bool:
     return low <= port <= high
 
 
-def test_uplink_has_named_filters(en: EbpfNode) -> None:
-    assert "ferry_snat_eg" in tc_show(en.node.ns, "uplink0", "egress")
-    assert "ferry_snat_in" in tc_show(en.node.ns, "uplink0", "ingress")
+def test_uplink_has_named_filters(ebpf_en: DataplaneNode) -> None:
+    assert "ferry_snat_eg" in tc_show(ebpf_en.node.ns, "uplink0", "egress")
+    assert "ferry_snat_in" in tc_show(ebpf_en.node.ns, "uplink0", "ingress")
 
 
-def test_tcp_udp_ping_leave_with_node_ip(en: EbpfNode) -> None:
+def test_tcp_udp_ping_leave_with_node_ip(en: DataplaneNode) -> None:
     pod = en.add_pod("snat-a")
     ext = en.node.ext
     with recorder(ext, "tcp", en.node.ext_ip4, 8080) as srv:
@@ -51,11 +67,12 @@ def test_tcp_udp_ping_leave_with_node_ip(en: EbpfNode) -> None:
     assert all(r["nat"].startswith(en.node.node_ip4 + ":") for r in nat)
 
 
-def test_200_concurrent_flows_get_distinct_ports_in_range() -> None:
+@pytest.mark.parametrize("mode", MODES)
+def test_200_concurrent_flows_get_distinct_ports_in_range(mode: str) -> None:
     # A 301-port range for 200 flows to one destination: the random picks collide and the
     # in-program retry (BPF_NOEXIST on the reverse entry, then +1) must resolve every one.
     low, high = 61000, 61300
-    with ebpf_node(snatPortRange=f"{low}-{high}") as en:
+    with dataplane_node(mode, snatPortRange=f"{low}-{high}") as en:
         pods = [en.add_pod(f"flows-{i}") for i in range(4)]
         with recorder(en.node.ext, "tcp", en.node.ext_ip4, 9000) as srv:
             procs = [p.ns.popen("python3", "-c", CLIENT_HOLD, en.node.ext_ip4, "9000", "50")
@@ -82,8 +99,9 @@ time.sleep(60)
 """
 
 
-def test_excluded_cidr_and_pod_to_pod_keep_pod_ip() -> None:
-    with ebpf_node(ext_routes_pods=True, snatExcludeCidrs=["10.97.0.0/24"]) as en:
+@pytest.mark.parametrize("mode", MODES)
+def test_excluded_cidr_and_pod_to_pod_keep_pod_ip(mode: str) -> None:
+    with dataplane_node(mode, ext_routes_pods=True, snatExcludeCidrs=["10.97.0.0/24"]) as en:
         node = en.node
         node.ext.ip("addr", "add", "10.97.0.2/32", "dev", "ext0")
         node.ns.ip("route", "add", "10.97.0.0/24", "via", node.ext_ip4)
@@ -96,7 +114,7 @@ def test_excluded_cidr_and_pod_to_pod_keep_pod_ip() -> None:
         assert [r["dst"].split(":")[0] for r in nat] == [node.ext_ip4]
 
 
-def test_reply_miss_goes_to_the_stack(en: EbpfNode) -> None:
+def test_reply_miss_goes_to_the_stack(en: DataplaneNode) -> None:
     # The node's own connection to ext (no NAT entry) and ext's connection to a node
     # service on a port inside the SNAT range must both pass ferry_snat_in untouched.
     node = en.node
@@ -104,7 +122,24 @@ def test_reply_miss_goes_to_the_stack(en: EbpfNode) -> None:
     assert tcp_roundtrip(node.ext, node.ns, node.node_ip4, port=62000) == node.ext_ip4
 
 
-def test_del_leaves_no_entry_filter_or_pin_of_the_pod(en: EbpfNode) -> None:
+def test_del_removes_the_pods_dataplane_state(en: DataplaneNode) -> None:
+    pods = [en.add_pod(f"del-{i}") for i in range(2)]
+    with recorder(en.node.ext, "udp", en.node.ext_ip4, 8084) as srv:
+        for p in pods:
+            client(p.ns, "udp", en.node.ext_ip4, 8084)
+        seen(srv, 2)
+    before = en.inspect()
+    assert len(before["pods"]) == 4 and len(before["nat"]) == 2  # dual-stack pods
+    for p in pods:
+        en.node.cni("DEL", p, en.conf).ok()
+        en.node.cni("DEL", p, en.conf).ok()  # idempotent
+    after = en.inspect()
+    assert after["pods"] == [] and after["nat"] == [] and after["redirects"] == []
+    assert after["loaded"] is True  # the node-level state stays for the next pod
+
+
+def test_del_leaves_no_entry_filter_or_pin_of_the_pod(ebpf_en: DataplaneNode) -> None:
+    en = ebpf_en
     pods = [en.add_pod(f"gone-{i}") for i in range(2)]
     with recorder(en.node.ext, "udp", en.node.ext_ip4, 8084) as srv:
         for p in pods:
@@ -134,7 +169,7 @@ def _walk(root: str) -> list[str]:
     return [os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs]
 
 
-def test_gc_expires_idle_flows_only(en: EbpfNode) -> None:
+def test_gc_expires_idle_flows_only(en: DataplaneNode) -> None:
     pod = en.add_pod("gc")
     with recorder(en.node.ext, "udp", en.node.ext_ip4, 8085) as srv:
         client(pod.ns, "udp", en.node.ext_ip4, 8085, flows=3)
@@ -144,5 +179,14 @@ def test_gc_expires_idle_flows_only(en: EbpfNode) -> None:
     assert kept["expired"] == 0 and len(en.inspect()["nat"]) == 3
     gone = json.loads(en.ctl("gc", "--json", "--idle", "0").stdout)
     assert gone["expired"] == 3 and en.inspect()["nat"] == []
-    dump = sh("bpftool", "-j", "map", "dump", "pinned", f"{en.pin_dir}/maps/ferry_nat_rev")
-    assert json.loads(dump) == []
+
+
+def test_gc_empties_both_nat_maps(ebpf_en: DataplaneNode) -> None:
+    pod = ebpf_en.add_pod("gc-maps")
+    with recorder(ebpf_en.node.ext, "udp", ebpf_en.node.ext_ip4, 8086) as srv:
+        client(pod.ns, "udp", ebpf_en.node.ext_ip4, 8086, flows=2)
+        seen(srv, 2)
+    ebpf_en.ctl("gc", "--idle", "0")
+    for name in ("ferry_nat_fwd", "ferry_nat_rev"):
+        dump = sh("bpftool", "-j", "map", "dump", "pinned", f"{ebpf_en.pin_dir}/maps/{name}")
+        assert json.loads(dump) == [], f"{name} still holds {dump}"
