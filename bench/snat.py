@@ -8,7 +8,8 @@ and an 'ext' namespace running iperf3 servers:
   snat    dataplane ebpf loaded by ferryctl, ext has no route back: every packet is rewritten
           by ferry_snat_eg on the uplink's egress and every reply by ferry_snat_in
 Figures: iperf3 TCP throughput (pod -> ext), UDP packets per second (64-byte datagrams,
-unlimited rate, what the server received), and the loader's compile time (fresh bpffs root)
+unlimited rate, what the server received), each over IPv4 and IPv6 (the pods are dual-stack;
+ferry_snat_eg/in translate both families), and the loader's compile time (fresh bpffs root)
 and load-from-pins time (second load, same build). The modes alternate round by round so
 machine noise hits both alike; the best round of each is reported.
 Everything (namespaces, pins, filters, temp dirs) is removed at exit, also on error.
@@ -50,13 +51,13 @@ def snat_node() -> Iterator[tuple[Node, Netns]]:
         yield en.node, pod.ns
 
 
-def iperf(node: Node, pod: Netns, seconds: int, udp: bool) -> float:
+def iperf(node: Node, pod: Netns, seconds: int, udp: bool, ext_ip: str) -> float:
     """TCP: bits/s received; UDP: packets/s received by the server."""
-    server = node.ext.popen("iperf3", "-s", "-1", "-B", node.ext_ip4, "-p", "5201",
+    server = node.ext.popen("iperf3", "-s", "-1", "-B", ext_ip, "-p", "5201",
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         time.sleep(0.3)
-        argv = ["iperf3", "-c", node.ext_ip4, "-p", "5201", "-t", str(seconds), "-J"]
+        argv = ["iperf3", "-c", ext_ip, "-p", "5201", "-t", str(seconds), "-J"]
         if udp:
             argv += ["-u", "-b", "0", "-l", "64"]
         out = json.loads(pod.run(*argv))
@@ -93,18 +94,21 @@ def main() -> None:
             order = ["routed", "snat"] if rnd % 2 == 0 else ["snat", "routed"]
             for mode in order:
                 node, pod = setups[mode]
-                for metric, udp in (("tcp_bps", False), ("udp_pps", True)):
-                    value = iperf(node, pod, args.seconds, udp)
-                    results[mode][metric] = max(results[mode].get(metric, 0.0), value)
+                for fam, ext_ip in (("", node.ext_ip4), ("6", node.ext_ip6)):
+                    for metric, udp in ((f"tcp{fam}_bps", False), (f"udp{fam}_pps", True)):
+                        value = iperf(node, pod, args.seconds, udp, ext_ip)
+                        results[mode][metric] = max(results[mode].get(metric, 0.0), value)
     compile_s, reuse_s = loader_times()
 
     r, s = results["routed"], results["snat"]
     print(f"egress pod -> ext, best of {args.rounds} rounds x {args.seconds}s (iperf3)")
     print(f"{'':22}{'routed (no NAT)':>18}{'eBPF SNAT':>16}{'snat/routed':>14}")
-    print(f"{'TCP throughput':22}{r['tcp_bps'] / 1e9:>14.2f} Gb/s{s['tcp_bps'] / 1e9:>11.2f} "
-          f"Gb/s{s['tcp_bps'] / r['tcp_bps']:>13.2f}x")
-    print(f"{'UDP 64B packets/s':22}{r['udp_pps'] / 1e3:>16.0f} k{s['udp_pps'] / 1e3:>14.0f} k"
-          f"{s['udp_pps'] / r['udp_pps']:>14.2f}x")
+    for fam, label in (("", "IPv4"), ("6", "IPv6")):
+        tcp, udp = f"tcp{fam}_bps", f"udp{fam}_pps"
+        print(f"{label + ' TCP throughput':22}{r[tcp] / 1e9:>14.2f} Gb/s{s[tcp] / 1e9:>11.2f} "
+              f"Gb/s{s[tcp] / r[tcp]:>13.2f}x")
+        print(f"{label + ' UDP 64B pkts/s':22}{r[udp] / 1e3:>16.0f} k{s[udp] / 1e3:>14.0f} k"
+              f"{s[udp] / r[udp]:>14.2f}x")
     print(f"loader: compile+load+pin {compile_s:.2f} s, load from pins {reuse_s * 1e3:.1f} ms "
           f"({compile_s / reuse_s:.0f}x faster)")
     print(json.dumps({"routed": r, "snat": s, "compile_s": compile_s,
