@@ -14,6 +14,10 @@ import pytest
 from dataplane_support import MODES, DataplaneNode, client, dataplane_node, recorder, seen
 from harness import ping, sh, tcp_roundtrip
 
+# A mode that does not translate leaves `seen()` waiting for ever: fail within 2 minutes,
+# by pytest-timeout's signal (the fixtures' cleanup still runs; a killed pytest leaks netns).
+pytestmark = pytest.mark.timeout(120)
+
 PORTS = (61000, 65535)
 EXCLUDED6 = "fd97::/64"
 
