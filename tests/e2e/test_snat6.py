@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from dataplane_support import MODES, DataplaneNode, client, dataplane_node, recorder, seen
@@ -21,15 +20,8 @@ pytestmark = pytest.mark.timeout(120)
 PORTS = (61000, 65535)
 EXCLUDED6 = "fd97::/64"
 
-# The iptables dataplane gets ip6tables SNAT from its own engineer; until its module exists
-# its cases are expected to fail (non-strict: they pass as XPASS the day it works).
-_IPTABLES_BUILT = (Path(__file__).resolve().parents[2] / "plugin/dataplane/iptables.py").exists()
-PARAMS = [pytest.param(m, marks=pytest.mark.xfail(
-    m == "iptables" and not _IPTABLES_BUILT, reason="iptables dataplane not built yet"))
-    for m in MODES]
 
-
-@pytest.fixture(params=PARAMS)
+@pytest.fixture(params=MODES)
 def mode(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
