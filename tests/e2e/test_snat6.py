@@ -50,7 +50,10 @@ def test_tcp_udp_ping6_leave_with_node_ipv6(dp: DataplaneNode) -> None:
     with recorder(node.ext, "icmp", "::") as srv:
         assert ping(pod.ns, node.ext_ip6, count=2)  # replies back through the reverse NAT
         (src, ident), (src2, ident2) = seen(srv, 2)
-    assert src == src2 == node.node_ip6 and in_range(ident) and ident2 == ident
+    assert src == src2 == node.node_ip6 and ident2 == ident
+    # ip6tables refuses an id range for ICMPv6 SNAT ("Need TCP, UDP, SCTP or DCCP with port
+    # specification"): the iptables dataplane keeps the echo id; the eBPF one allocates it.
+    assert in_range(ident) or dp.mode == "iptables"
     # IPv4 beside it still works (the same programs dispatch on the family).
     assert tcp_roundtrip(pod.ns, node.ext, node.ext_ip4, port=8082) == node.node_ip4
     if dp.mode == "ebpf":
