@@ -100,13 +100,20 @@ def netns(path: str) -> Iterator[IPRoute]:
         ipr.close()
 
 
-def _index(ipr: IPRoute, name: str) -> int | None:
-    found = ipr.link_lookup(ifname=name)
-    return found[0] if found else None
+def _link(ipr: IPRoute, name: str):  # type: ignore[no-untyped-def]
+    """The link message by name, or None. The kernel looks the name up (link_lookup would
+    dump every link: O(pods) per call on a busy node)."""
+    try:
+        return ipr.link("get", ifname=name)[0]
+    except NetlinkError as e:
+        if e.code == errno.ENODEV:
+            return None
+        raise
 
 
-def _mac(ipr: IPRoute, index: int) -> str:
-    return ipr.get_links(index)[0].get_attr("IFLA_ADDRESS")
+def link_index(ipr: IPRoute, name: str) -> int | None:
+    link = _link(ipr, name)
+    return link["index"] if link is not None else None
 
 
 def _sysctl(path: str, value: str) -> None:
@@ -122,10 +129,10 @@ def setup(netns_path: str, ifname: str, host_veth: str, mtu: int, ips: list[IPCo
     the caller must not tear down by name after a failed setup.
     """
     with netns(netns_path) as pod, IPRoute() as host:
-        if _index(pod, ifname) is not None:
+        if _link(pod, ifname) is not None:
             raise CniError(Code.INVALID_ENV, f"interface {ifname} already exists in the "
                            "container", netns_path)
-        if _index(host, host_veth) is not None:
+        if _link(host, host_veth) is not None:
             raise CniError(Code.INTERNAL, f"host interface {host_veth} already exists",
                            "another attachment uses the same namespace/pod name")
         fd = os.open(netns_path, os.O_RDONLY)
@@ -134,10 +141,11 @@ def setup(netns_path: str, ifname: str, host_veth: str, mtu: int, ips: list[IPCo
                       peer={"ifname": ifname, "net_ns_fd": fd, "mtu": mtu})
         finally:
             os.close(fd)
-        host_idx = _index(host, host_veth)
-        assert host_idx is not None
+        host_link = _link(host, host_veth)
+        assert host_link is not None
+        host_idx = host_link["index"]
         try:
-            return _configure(pod, host, netns_path, ifname, host_veth, host_idx, mtu, ips,
+            return _configure(pod, host, netns_path, ifname, host_veth, host_link, mtu, ips,
                               routes)
         except BaseException:
             # Deleting one end removes the pair, wherever the peer is.
@@ -147,12 +155,14 @@ def setup(netns_path: str, ifname: str, host_veth: str, mtu: int, ips: list[IPCo
 
 
 def _configure(pod: IPRoute, host: IPRoute, netns_path: str, ifname: str, host_veth: str,
-               host_idx: int, mtu: int, ips: list[IPConfig], routes: list[Route]) -> PodLinks:
+               host_link, mtu: int, ips: list[IPConfig],  # type: ignore[no-untyped-def]
+               routes: list[Route]) -> PodLinks:
     """Bring the fresh pair up and address and route both sides."""
     families = {ip.address.version for ip in ips}
-    pod_idx = _index(pod, ifname)
-    assert pod_idx is not None
-    host_mac = _mac(host, host_idx)
+    pod_link = _link(pod, ifname)
+    assert pod_link is not None
+    pod_idx, pod_mac = pod_link["index"], pod_link.get_attr("IFLA_ADDRESS")
+    host_idx, host_mac = host_link["index"], host_link.get_attr("IFLA_ADDRESS")
     if 6 in families:
         # The host veth's link-local address must be usable at once for neighbour
         # discovery towards the pod; there is nothing on a fresh veth to collide with.
@@ -185,7 +195,6 @@ def _configure(pod: IPRoute, host: IPRoute, netns_path: str, ifname: str, host_v
     for ip in ips:
         host.route("add", dst=f"{ip.address.ip}/{ip.address.max_prefixlen}", oif=host_idx,
                    scope=RT_SCOPE_LINK, proto=RTPROT_STATIC)
-    pod_mac = _mac(pod, pod_idx)
     return PodLinks(host=Interface(name=host_veth, mac=host_mac, mtu=mtu),
                     container=Interface(name=ifname, mac=pod_mac, sandbox=netns_path, mtu=mtu))
 
@@ -236,11 +245,11 @@ def teardown(netns_path: str, ifname: str, host_veth: str) -> None:
     """Remove the pair; each step tolerates what is already gone (DEL is idempotent)."""
     if netns_path:
         with contextlib.suppress(CniError), netns(netns_path) as pod:
-            idx = _index(pod, ifname)
+            idx = link_index(pod, ifname)
             if idx is not None:
                 _ignore_gone(pod.link, "del", index=idx)
     with IPRoute() as host:
-        idx = _index(host, host_veth)
+        idx = link_index(host, host_veth)
         if idx is not None:
             _ignore_gone(host.link, "del", index=idx)
 
@@ -258,8 +267,8 @@ def check(netns_path: str, ifname: str, host_veth: str, mtu: int, prev: Result) 
     ips = [ip for ip in prev.ips]
     problems: list[str] = []
     with netns(netns_path) as pod, IPRoute() as host:
-        pod_idx = _index(pod, ifname)
-        host_idx = _index(host, host_veth)
+        pod_idx = link_index(pod, ifname)
+        host_idx = link_index(host, host_veth)
         if pod_idx is None:
             raise CniError(Code.CHECK_FAILED, f"interface {ifname} is missing in the container")
         if host_idx is None:
