@@ -55,6 +55,17 @@ class StateStore:
         with contextlib.suppress(FileNotFoundError):
             self._path(container_id, ifname).unlink()
 
+    def temp_files(self) -> list[tuple[Path, int]]:
+        """Half-written records (tmp + rename interrupted by a kill) with the writer's pid."""
+        if not self.dir.is_dir():
+            return []
+        out = []
+        for p in self.dir.glob("*.tmp*"):
+            pid = p.suffix.removeprefix(".tmp")
+            if pid.isdigit():
+                out.append((p, int(pid)))
+        return out
+
     def all(self) -> list[Attachment]:
         if not self.dir.is_dir():
             return []

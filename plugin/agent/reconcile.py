@@ -53,6 +53,9 @@ def reconcile(conf: NetConf) -> Report:
     report = Report()
     states = StateStore(conf.state_dir, conf.name)
     dataplane = select(conf)
+    for path, pid in states.temp_files():
+        if not _alive(pid):
+            path.unlink(missing_ok=True)
     with IPRoute() as host:
         links = {link.get_attr("IFLA_IFNAME"): link["index"] for link in host.get_links()}
         for att in states.all():
