@@ -67,7 +67,8 @@ def select(conf: NetConf, loading: bool = False) -> Dataplane:
     count against ebpf.
 
     ebpf: always the eBPF dataplane (its ADD fails with code 11 until `ferryctl load` ran).
-    auto: ebpf when plugin.dataplane.ebpf.probe() passes, else the fallback below.
+    auto: ebpf when plugin.dataplane.ebpf.probe() passes, else the fallback below
+    (iptables, or routing only when there is nothing to SNAT to).
     iptables: the fallback, plugin.dataplane.iptables.
     """
     if conf.dataplane == "none":
@@ -88,9 +89,15 @@ def select(conf: NetConf, loading: bool = False) -> Dataplane:
 
 
 def fallback(conf: NetConf) -> Dataplane:
-    """The iptables dataplane: for mode iptables, and for auto where ebpf is not possible."""
-    from plugin.dataplane.iptables import Iptables
+    """The iptables dataplane: for mode iptables, and for auto where ebpf is not possible.
+    auto on a node with no iptables or no SNAT target (no uplink, no node IP) routes only:
+    the pods still work, and the log says why."""
+    from plugin.dataplane.iptables import Iptables, probe
 
     if conf.dataplane == "auto":
-        log.info("dataplane auto: iptables")
+        ok, why = probe(conf)
+        if not ok:
+            log.info("dataplane auto: routing only (%s)", why)
+            return RoutingOnly()
+        log.info("dataplane auto: iptables (%s)", why)
     return Iptables()

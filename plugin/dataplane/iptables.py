@@ -185,6 +185,17 @@ def node_addrs(conf: NetConf) -> NodeAddrs:
         return NodeAddrs(uplink, ip4, resolve_node_ip6(conf, ipr, idx))
 
 
+def probe(conf: NetConf) -> tuple[bool, str]:
+    """Can this node SNAT `conf`'s pods with iptables? (ok, why)"""
+    if not any(Backend(n).available() for n in BACKENDS):
+        return False, "no iptables-restore (nft or legacy) installed"
+    try:
+        addrs = node_addrs(conf)
+    except CniError as e:
+        return False, f"no SNAT target: {e.msg}"
+    return True, f"uplink {addrs.uplink}, node IP {addrs.ip4}"
+
+
 def _record_path(conf: NetConf) -> Path:
     return Path(conf.state_dir) / conf.name / NODE_RECORD
 
