@@ -34,7 +34,9 @@ class Podman:
             f'cni_plugin_dirs = ["{CNI_PATH}"]\n'
             f'network_config_dir = "{tmp / "net"}"\n')
         conflist = {"cniVersion": "1.0.0", "name": network, "plugins": [{
-            "type": "ferry", "mtu": 1400, "stateDir": str(tmp / "state"),
+            # podman runs plugins in the host's netns: routing only, so that the test never
+            # touches the machine's own netfilter or tc (the dataplanes have their own suites).
+            "type": "ferry", "mtu": 1400, "dataplane": "none", "stateDir": str(tmp / "state"),
             "log": {"file": str(tmp / "ferry.log")},
             "ipam": {"type": "host-local", "dataDir": str(tmp / "ipam"),
                      "ranges": [[{"subnet": subnet}]]}}]}
