@@ -1,6 +1,7 @@
 """ADD+DEL wall time per pod: ferry against the reference Go plugins, side by side in one run.
 
     sudo .venv/bin/python bench/add_del.py [--iterations 30] [--pods 50] [--dual]
+                                           [--memory-pods 1000]
 
 Modes (the letters stay stable so that later runs can be compared with earlier ones):
   (a) ferry standalone  the ferry binary, built-in host-local IPAM, no node agent listening
@@ -391,6 +392,28 @@ class ParallelRun:
         return self.add_all + self.del_all
 
 
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise BenchError(f"no VmRSS for pid {pid}")
+
+
+def agent_memory(bench: Bench, mode: FerryWithAgent, pods: int, workers: int) -> tuple[int, int]:
+    """ferryd's resident memory (kB) idle, then with `pods` pods attached at once."""
+    idle = rss_kb(mode.agent_pid)
+    batch = [bench.pod(mode) for _ in range(pods)]
+    pool = ThreadPoolExecutor(max_workers=workers)
+    try:
+        list(pool.map(bench.up, batch))
+        loaded = rss_kb(mode.agent_pid)
+        list(pool.map(bench.down, batch))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    bench.assert_clean(mode)
+    return idle, loaded
+
+
 def p90(values: list[float]) -> float:
     """Nearest-rank 90th percentile."""
     ordered = sorted(values)
@@ -501,6 +524,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--pods", type=int, default=50, help="pods in the parallel phase (default 50)")
     p.add_argument("--parallel", type=int, default=8, help="concurrent pods (default 8)")
     p.add_argument("--dual", action="store_true", help="dual stack instead of IPv4 only")
+    p.add_argument("--memory-pods", type=int, default=1000,
+                   help="measure ferryd's RSS idle and with this many pods (0: skip)")
     p.add_argument("--ferry-src", metavar="DIR",
                    help="run ferry from this source tree (holding plugin/) instead of the "
                         "installed one, e.g. a `git archive` snapshot")
@@ -565,11 +590,19 @@ def main(argv: list[str] | None = None) -> int:
             for mode in modes:
                 progress(f"parallel {mode.label}")
                 par[mode.key] = parallel(bench, mode, args.pods, args.parallel)
+            agents = [m for m in modes if isinstance(m, FerryWithAgent)]
+            memory = None
+            if agents and args.memory_pods:
+                progress(f"ferryd memory with {args.memory_pods} pods")
+                memory = agent_memory(bench, agents[0], args.memory_pods, args.parallel)
             for mode in modes:
                 mode.verify(node)
             if sys.stderr.isatty():
                 print("\r\033[K", end="", file=sys.stderr, flush=True)
             report(args, modes, skipped, seq, par)
+            if memory:
+                print(f"\nferryd resident memory: idle {memory[0] / 1024:.1f} MiB, with "
+                      f"{args.memory_pods} pods attached {memory[1] / 1024:.1f} MiB")
             return 0
         except BenchError as e:
             print(f"\nadd_del.py: FAILED: {e}", file=sys.stderr)
