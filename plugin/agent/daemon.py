@@ -143,8 +143,9 @@ class Agent:
 
     def run(self) -> None:
         logging_setup.setup(self.conf.log)
+        # Reconcile first: the load then re-syncs only the pods that are alive.
+        report = reconcile(self.conf, self.dataplane)
         loaded = self._load_dataplane()
-        report = reconcile(self.conf)
         log.info("ferryd starting", extra={"network": self.conf.name, "version": VERSION,
                                            "dataplane": self.dataplane.name,
                                            "reconcile": vars(report), "load": loaded})

@@ -4,7 +4,8 @@
   binary killed mid-ADD) is rolled back: dataplane state, links, IPs, record.
 - A complete record whose host veth is gone belongs to a container that died without a
   DEL (the veth pair dies with its netns): its IPs and dataplane state are released.
-- A complete record whose pod is alive gets its host routes and dataplane state re-applied.
+- A complete record whose pod is alive gets its host routes re-applied (its dataplane state
+  is re-applied by the dataplane load that follows: plugin.dataplane.resync).
 - A veth with ferry's name pattern that no record of any network names is a leaked link.
 IPs reserved without a ferry record are left alone: the reference host-local may share
 the dataDir, and ferry writes its record before it reserves anything.
@@ -23,7 +24,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from plugin import wiring
 from plugin.config import VETH_HASH_CHARS, NetConf
-from plugin.dataplane import select
+from plugin.dataplane import Dataplane
 from plugin.ipam.allocator import Allocator
 from plugin.log import log
 from plugin.state import Attachment, StateStore
@@ -49,10 +50,9 @@ def _alive(pid: int | None) -> bool:
     return True
 
 
-def reconcile(conf: NetConf) -> Report:
+def reconcile(conf: NetConf, dataplane: Dataplane) -> Report:
     report = Report()
     states = StateStore(conf.state_dir, conf.name)
-    dataplane = select(conf)
     for path, pid in states.temp_files():
         if not _alive(pid):
             path.unlink(missing_ok=True)
@@ -63,15 +63,13 @@ def reconcile(conf: NetConf) -> Report:
             if not att.complete:
                 if _alive(att.owner_pid):
                     continue  # an ADD in flight in another process
-                _release(conf, att, states)
+                _release(conf, att, states, dataplane)
                 report.rolled_back.append(key)
             elif att.host_veth not in links:
-                _release(conf, att, states)
+                _release(conf, att, states, dataplane)
                 report.released.append(key)
             elif _repair(host, links[att.host_veth], att):
                 report.repaired.append(key)
-            if att.complete and att.host_veth in links:
-                dataplane.attach(conf, att)  # idempotent: re-syncs maps after a crash
         known = _all_host_veths(Path(conf.state_dir))
         pattern = re.compile(rf"^{re.escape(conf.veth_prefix)}[0-9a-f]{{{VETH_HASH_CHARS}}}$")
         for name, index in links.items():
@@ -86,8 +84,9 @@ def reconcile(conf: NetConf) -> Report:
     return report
 
 
-def _release(conf: NetConf, att: Attachment, states: StateStore) -> None:
-    select(conf).detach(conf, att)
+def _release(conf: NetConf, att: Attachment, states: StateStore,
+             dataplane: Dataplane) -> None:
+    dataplane.detach(conf, att)
     wiring.teardown(att.netns, att.ifname, att.host_veth)
     if conf.ipam.builtin:
         Allocator(conf.ipam, conf.name).release(att.container_id, att.ifname)

@@ -61,6 +61,24 @@ class RoutingOnly:
         return None
 
 
+def resync(dataplane: Dataplane, conf: NetConf) -> int:
+    """Re-apply every complete attachment of the network (after a load that may have made
+    fresh maps or chains); how many were applied. A pod that cannot be is logged, not fatal."""
+    from plugin.protocol import CniError
+    from plugin.state import StateStore
+
+    synced = 0
+    for att in StateStore(conf.state_dir, conf.name).all():
+        if not att.complete:
+            continue
+        try:
+            dataplane.attach(conf, att)
+            synced += 1
+        except (CniError, OSError) as e:
+            log.warning("load: cannot re-sync %s/%s: %s", att.container_id, att.ifname, e)
+    return synced
+
+
 def select(conf: NetConf, loading: bool = False) -> Dataplane:
     """The dataplane for conf.dataplane; `auto` says in the log what it chose and why.
     `loading`: the caller is about to load the node-level state, so missing pins do not

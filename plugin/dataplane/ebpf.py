@@ -52,7 +52,7 @@ from loader.layouts import (
 from loader.maps import open_map
 from plugin import wiring
 from plugin.config import NetConf
-from plugin.dataplane import tc
+from plugin.dataplane import resync, tc
 from plugin.log import log
 from plugin.protocol import CniError, Code
 from plugin.state import Attachment, StateStore
@@ -280,16 +280,7 @@ def load_node(conf: NetConf, cflags: tuple[str, ...] = ()) -> dict[str, Any]:
                   "ferry_snat_eg")
         tc.attach(ipr, idx, "ingress", pins.prog_path(res.dir, "ferry_snat_in"),
                   "ferry_snat_in")
-    synced = 0
-    dataplane = Ebpf()
-    for att in StateStore(conf.state_dir, conf.name).all():
-        if not att.complete:
-            continue
-        try:
-            dataplane.attach(conf, att)
-            synced += 1
-        except (CniError, OSError) as e:
-            log.warning("load: cannot re-sync %s/%s: %s", att.container_id, att.ifname, e)
+    synced = resync(Ebpf(), conf)
     summary = {"network": conf.name, "pins": res.dir, "compiled": res.compiled,
                "seconds": round(res.seconds, 4), "hash": res.hash[:16], "uplink": uplink,
                "nodeIP": str(node_ip), "nodeIPv6": str(node_ip6 or ""),

@@ -42,6 +42,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from plugin.config import NetConf
+from plugin.dataplane import resync
 from plugin.dataplane.ebpf import resolve_node_ip6, resolve_uplink
 from plugin.log import log
 from plugin.protocol import CniError, Code
@@ -265,15 +266,7 @@ class Iptables:
                 _ensure_node_chain(conf, backend, version,
                                    NatTable.parse(backend.save(version)), lines)
                 backend.restore(version, lines)
-        synced = 0
-        for att in StateStore(conf.state_dir, conf.name).all():
-            if not att.complete:
-                continue
-            try:
-                self.attach(conf, att)
-                synced += 1
-            except (CniError, OSError) as e:
-                log.warning("load: cannot re-sync %s/%s: %s", att.container_id, att.ifname, e)
+        synced = resync(self, conf)
         low, high = conf.snat_ports
         summary = {"network": conf.name, "dataplane": self.name, "backend": backend.name,
                    "chain": NODE_CHAIN, "uplink": addrs.uplink, "nodeIP": str(addrs.ip4),
