@@ -173,11 +173,7 @@ def test_snat_flow_survives_restart_and_grpc_matches_bpftool() -> None:
                 node, dataplane="ebpf", nodeIP=node.node_ip4, uplink="uplink0",
                 bpffsRoot=root) as agent:
             pod = node.add_pod("snat-steady", agent.conf)
-            server = node.ext.popen("python3", "-c", _ECHO_SERVER.format(ip=node.ext_ip4),
-                                    stdout=subprocess.PIPE, text=True)
-            assert server.stdout and server.stdout.readline().strip() == "ready"
-            client = pod.ns.popen("python3", "-c", _STEADY_CLIENT.format(ip=node.ext_ip4),
-                                  stdout=subprocess.PIPE, text=True)
+            server, client = _steady_flow(node, pod)
             try:
                 assert server.stdout.readline().strip() == node.node_ip4  # SNATed
                 stub = agent.stub()
@@ -217,11 +213,7 @@ def test_restart_keeps_pods_working(node: Node) -> None:
     agent = Agent(node, node.conf(agentSocket=str(node.tmp / "ferryd.sock"))).start()
     try:
         pod = node.add_pod("steady", agent.conf)
-        server = node.ext.popen("python3", "-c", _ECHO_SERVER.format(ip=node.ext_ip4),
-                                stdout=subprocess.PIPE, text=True)
-        assert server.stdout and server.stdout.readline().strip() == "ready"
-        client = pod.ns.popen("python3", "-c", _STEADY_CLIENT.format(ip=node.ext_ip4),
-                              stdout=subprocess.PIPE, text=True)
+        server, client = _steady_flow(node, pod)
         try:
             time.sleep(0.5)
             agent.stop(9)  # crash
@@ -240,6 +232,17 @@ def test_restart_keeps_pods_working(node: Node) -> None:
     finally:
         if agent.proc is not None:
             agent.stop()
+
+
+def _steady_flow(node: Node, pod: Pod) -> tuple[subprocess.Popen[str], subprocess.Popen[str]]:
+    """An echo server in ext and a pod client sending 30 echoes over ~3 s on one connection
+    (it prints "ok 30" if the connection lived through all of them)."""
+    server = node.ext.popen("python3", "-c", _ECHO_SERVER.format(ip=node.ext_ip4),
+                            stdout=subprocess.PIPE, text=True)
+    assert server.stdout and server.stdout.readline().strip() == "ready"
+    client = pod.ns.popen("python3", "-c", _STEADY_CLIENT.format(ip=node.ext_ip4),
+                          stdout=subprocess.PIPE, text=True)
+    return server, client
 
 
 _ECHO_SERVER = """
