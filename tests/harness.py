@@ -220,6 +220,8 @@ class Node:
         # Pins a ferryd or `ferryctl load` of this network left (they outlive processes by
         # design); the filters using them went with the node netns.
         shutil.rmtree(f"/sys/fs/bpf/ferry/{self.network}", ignore_errors=True)
+        with contextlib.suppress(OSError):
+            os.rmdir("/sys/fs/bpf/ferry")  # the default root, when no other network uses it
 
 
 def wait_settled(ns: Netns, timeout: float = 5.0) -> None:

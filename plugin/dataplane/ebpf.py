@@ -266,10 +266,11 @@ def resolve_node_ip6(conf: NetConf, ipr: IPRoute, idx: int) -> ipaddress.IPv6Add
 def load_node(conf: NetConf, cflags: tuple[str, ...] = ()) -> dict[str, Any]:
     """Compile or reopen, configure, attach on the uplink and re-sync the pods. Idempotent:
     the node agent calls it at every start, `ferryctl load` by hand."""
-    res = pins.load(conf.bpffs_root, conf.name, cflags=cflags)
     with IPRoute() as ipr:
+        # Resolve first: a node with nothing to SNAT to must not cost a compile and pins.
         uplink, idx, node_ip = resolve_uplink(conf, ipr)
         node_ip6 = resolve_node_ip6(conf, ipr, idx)
+        res = pins.load(conf.bpffs_root, conf.name, cflags=cflags)
         low, high = conf.snat_ports
         with open_map(res.dir, "ferry_nat_cfg") as cfg:
             cfg.put(ctypes.c_uint32(0), NatConfig(
