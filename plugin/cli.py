@@ -6,7 +6,7 @@ and do the work itself: standalone mode, slower but complete. An agent that answ
 an error is the result: there is no silent fallback after ferryd took the request.
 """
 
-import os
+import posix
 import sys
 
 from plugin import relay
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     Handler = Callable[[Any], "dict[str, Any] | None"]
-STANDALONE_ENV = "FERRY_STANDALONE"  # set to 1 to skip the agent (benchmarks, debugging)
+STANDALONE_ENV = b"FERRY_STANDALONE"  # set to 1 to skip the agent (benchmarks, debugging)
 
 
 def respond(env: "dict[str, str]", stdin: bytes, handler: "Handler") -> "tuple[int, bytes]":
@@ -45,7 +45,7 @@ def respond(env: "dict[str, str]", stdin: bytes, handler: "Handler") -> "tuple[i
 
 
 def _read_stdin() -> bytes:
-    return b"" if os.environ.get("CNI_COMMAND") == "VERSION" else sys.stdin.buffer.read()
+    return b"" if posix.environ.get(b"CNI_COMMAND") == b"VERSION" else sys.stdin.buffer.read()
 
 
 def _finish(code: int, out: bytes) -> None:
@@ -57,7 +57,13 @@ def _finish(code: int, out: bytes) -> None:
 def serve(handler: "Handler") -> None:
     """Standalone execution of one request by `handler` (the IPAM binary, fallbacks)."""
     _enable_site_packages()
-    _finish(*respond(dict(os.environ), _read_stdin(), handler))
+    _finish(*respond(_environ(), _read_stdin(), handler))
+
+
+def _environ() -> "dict[str, str]":
+    import os
+
+    return dict(os.environ)
 
 
 def _enable_site_packages() -> None:
@@ -76,10 +82,10 @@ def _engine(req: "Any") -> "dict[str, Any] | None":
 
 def main() -> None:
     stdin = _read_stdin()
-    command = os.environ.get("CNI_COMMAND", "")
-    if command not in ("", "VERSION") and not os.environ.get(STANDALONE_ENV):
+    command = posix.environ.get(b"CNI_COMMAND", b"")
+    if command not in (b"", b"VERSION") and not posix.environ.get(STANDALONE_ENV):
         try:
-            reply = relay.call(relay.socket_path(stdin), dict(os.environ), stdin)
+            reply = relay.call(relay.socket_path(stdin), posix.environ, stdin)
         except relay.AgentGone as e:
             _finish(1, relay.try_again_error(str(e)))
             return
@@ -87,7 +93,7 @@ def main() -> None:
             _finish(*reply)
             return
     _enable_site_packages()
-    _finish(*respond(dict(os.environ), stdin, _engine))
+    _finish(*respond(_environ(), stdin, _engine))
 
 
 if __name__ == "__main__":
