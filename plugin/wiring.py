@@ -1,4 +1,4 @@
-"""Pod wiring over netlink (pyroute2): the veth pair and the point-to-point routing.
+"""Pod wiring over netlink (plugin.rtnl): the veth pair and the point-to-point routing.
 
 Container side (as the AWS VPC CNI's setupContainerVethV4 and the reference ptp plugin):
   address ip/N without its prefix route (IFA_F_NOPREFIXROUTE, and IFA_F_NODAD for IPv6),
@@ -7,32 +7,37 @@ Container side (as the AWS VPC CNI's setupContainerVethV4 and the reference ptp 
   subnet via the gateway, and the default route plus the IPAM routes via the gateway.
 Host side: the veth named <prefix><hash>, up, DAD off, and a /32 (/128) route to each pod IP.
 The process runs in the host (node) network namespace; the pod's is opened by path.
+
+Removing a pair is the one slow step (~20-30 ms of RCU grace periods in the kernel, not CPU
+and not under the RTNL lock). The node agent therefore defers it (defer_link_removal): DEL
+takes the host veth down, which flushes the pod's routes and cuts its traffic at once, and
+moves it to REAP_GROUP; the agent's reaper then deletes the whole group in one batch. The
+AWS VPC CNI does not delete the pair at all and leaves it to the netns teardown.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import hashlib
 import ipaddress
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-
 from plugin.config import VETH_HASH_CHARS
 from plugin.protocol import Address, CniError, Code, Interface, IPConfig, Result, Route
+from plugin.rtnl import IFF_UP, Link, NetlinkError, Rtnl
 
 IFA_F_NODAD = 0x02
 IFA_F_NOPREFIXROUTE = 0x200
-NUD_PERMANENT = 0x80
-RT_SCOPE_LINK = 253
+RT_SCOPE_UNIVERSE, RT_SCOPE_LINK = 0, 253
 RTPROT_STATIC = 4
 DEFAULTS = {4: ipaddress.ip_network("0.0.0.0/0"), 6: ipaddress.ip_network("::/0")}
+# Link group of host veths whose pod was DELeted and that wait for the reaper ("fry" + 1).
+REAP_GROUP = 0x66727901
+_GONE = (errno.ENODEV, errno.ENOENT, errno.ESRCH)
 
 
 def host_veth_name(prefix: str, container_id: str, ifname: str,
@@ -54,66 +59,38 @@ class PodLinks:
     container: Interface
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
-CLONE_NEWNET = 0x40000000
+_reap_later: Callable[[], None] | None = None
 
 
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
+def defer_link_removal(wake: Callable[[], None] | None) -> None:
+    """From now on teardown() leaves removed pairs in REAP_GROUP and calls `wake` (the
+    agent's reaper); None restores immediate deletion (standalone binaries)."""
+    global _reap_later
+    _reap_later = wake
 
 
 @contextlib.contextmanager
-def netns(path: str) -> Iterator[IPRoute]:
-    """An RTNL socket inside the pod's network namespace (opened by path, never created).
-
-    The calling thread enters the namespace just long enough to open the socket, which stays
-    bound to it; about 1 ms, where pyroute2's own netns support forks a helper (~12 ms, and
-    fork is unsafe in ferryd's threaded process).
-    """
+def pod_netns(path: str) -> Iterator[tuple[Rtnl, int]]:
+    """(netlink socket inside the pod's network namespace, an fd of that namespace). The
+    namespace is opened by path, never created."""
     try:
-        target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         raise CniError(Code.INVALID_ENV, "network namespace does not exist",
                        f"CNI_NETNS={path}") from None
     except OSError as e:
         raise CniError(Code.INVALID_ENV, "cannot open network namespace",
                        f"CNI_NETNS={path}: {e}") from None
-    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
         try:
-            _setns(target)
+            nl = Rtnl.in_netns(fd)
         except OSError as e:
             raise CniError(Code.INVALID_ENV, "cannot enter network namespace",
                            f"CNI_NETNS={path}: {e}") from None
-        try:
-            ipr = IPRoute()
-        finally:
-            _setns(home)  # if this failed the thread would be lost in the pod: let it raise
+        with nl:
+            yield nl, fd
     finally:
-        os.close(target)
-        os.close(home)
-    try:
-        yield ipr
-    finally:
-        ipr.close()
-
-
-def _link(ipr: IPRoute, name: str):  # type: ignore[no-untyped-def]
-    """The link message by name, or None. The kernel looks the name up (link_lookup would
-    dump every link: O(pods) per call on a busy node)."""
-    try:
-        return ipr.link("get", ifname=name)[0]
-    except NetlinkError as e:
-        if e.code == errno.ENODEV:
-            return None
-        raise
-
-
-def link_index(ipr: IPRoute, name: str) -> int | None:
-    link = _link(ipr, name)
-    return link["index"] if link is not None else None
+        os.close(fd)
 
 
 def _sysctl(path: str, value: str) -> None:
@@ -128,63 +105,56 @@ def setup(netns_path: str, ifname: str, host_veth: str, mtu: int, ips: list[IPCo
     interface of the same name already in the container, or on the host) is left untouched:
     the caller must not tear down by name after a failed setup.
     """
-    with netns(netns_path) as pod, IPRoute() as host:
-        if _link(pod, ifname) is not None:
+    with pod_netns(netns_path) as (pod, pod_fd), Rtnl() as host:
+        if pod.link(ifname) is not None:
             raise CniError(Code.INVALID_ENV, f"interface {ifname} already exists in the "
                            "container", netns_path)
-        if _link(host, host_veth) is not None:
-            raise CniError(Code.INTERNAL, f"host interface {host_veth} already exists",
-                           "another attachment uses the same namespace/pod name")
-        fd = os.open(netns_path, os.O_RDONLY)
-        try:
-            host.link("add", ifname=host_veth, kind="veth", mtu=mtu,
-                      peer={"ifname": ifname, "net_ns_fd": fd, "mtu": mtu})
-        finally:
-            os.close(fd)
-        host_link = _link(host, host_veth)
+        old = host.link(host_veth)
+        if old is not None:
+            if old.group != REAP_GROUP:
+                raise CniError(Code.INTERNAL, f"host interface {host_veth} already exists",
+                               "another attachment uses the same namespace/pod name")
+            # The same pod, DELeted and re-added before the reaper came by: finish its removal.
+            _ignore_gone(host.del_link, old.index)
+        host.add_veth(host_veth, ifname, pod_fd, mtu)
+        host_link = host.link(host_veth)
         assert host_link is not None
-        host_idx = host_link["index"]
         try:
-            return _configure(pod, host, netns_path, ifname, host_veth, host_link, mtu, ips,
-                              routes)
+            return _configure(pod, host, netns_path, ifname, host_link, mtu, ips, routes)
         except BaseException:
             # Deleting one end removes the pair, wherever the peer is.
             with contextlib.suppress(Exception):
-                _ignore_gone(host.link, "del", index=host_idx)
+                _ignore_gone(host.del_link, host_link.index)
             raise
 
 
-def _configure(pod: IPRoute, host: IPRoute, netns_path: str, ifname: str, host_veth: str,
-               host_link, mtu: int, ips: list[IPConfig],  # type: ignore[no-untyped-def]
-               routes: list[Route]) -> PodLinks:
+def _configure(pod: Rtnl, host: Rtnl, netns_path: str, ifname: str, host_link: Link,
+               mtu: int, ips: list[IPConfig], routes: list[Route]) -> PodLinks:
     """Bring the fresh pair up and address and route both sides."""
     families = {ip.address.version for ip in ips}
-    pod_link = _link(pod, ifname)
+    pod_link = pod.link(ifname)
     assert pod_link is not None
-    pod_idx, pod_mac = pod_link["index"], pod_link.get_attr("IFLA_ADDRESS")
-    host_idx, host_mac = host_link["index"], host_link.get_attr("IFLA_ADDRESS")
     if 6 in families:
         # The host veth's link-local address must be usable at once for neighbour
         # discovery towards the pod; there is nothing on a fresh veth to collide with.
-        _sysctl(f"ipv6/conf/{host_veth}/accept_dad", "0")
+        _sysctl(f"ipv6/conf/{host_link.name}/accept_dad", "0")
         _sysctl("ipv6/conf/all/forwarding", "1")
     if 4 in families:
         _sysctl("ipv4/ip_forward", "1")
-    host.link("set", index=host_idx, state="up")
-    pod.link("set", index=pod_idx, state="up")
+    host.set_link(host_link.index, up=True)
+    pod.set_link(pod_link.index, up=True)
 
     for ip in ips:
         if ip.gateway is None:
             raise CniError(Code.INVALID_CONFIG, f"IPAM gave {ip.address} no gateway",
                            "point-to-point wiring routes everything via the gateway")
-        _configure_pod_ip(pod, pod_idx, ip, host_mac)
+        _configure_pod_ip(pod, pod_link.index, ip, host_link.mac)
     for route in _pod_routes(ips, routes):
         gw = route.gw or _gateway_for(ips, route.dst.version)
         try:
-            pod.route("add", dst=str(route.dst), gateway=str(gw), oif=pod_idx,
-                      proto=RTPROT_STATIC)
+            pod.add_route(route.dst, pod_link.index, RT_SCOPE_UNIVERSE, RTPROT_STATIC, gw)
         except NetlinkError as e:
-            if e.code != errno.ENETUNREACH:
+            if e.errno != errno.ENETUNREACH:
                 raise
             # The pod's only on-link neighbours are its gateways: a route via anything else
             # is a config error (an IPAM route whose gw is not a gateway of the pod).
@@ -193,20 +163,23 @@ def _configure(pod: IPRoute, host: IPRoute, netns_path: str, ifname: str, host_v
                            f"gateway {gw} is not on-link (only the pod's gateways are)") \
                 from None
     for ip in ips:
-        host.route("add", dst=f"{ip.address.ip}/{ip.address.max_prefixlen}", oif=host_idx,
-                   scope=RT_SCOPE_LINK, proto=RTPROT_STATIC)
-    return PodLinks(host=Interface(name=host_veth, mac=host_mac, mtu=mtu),
-                    container=Interface(name=ifname, mac=pod_mac, sandbox=netns_path, mtu=mtu))
+        host.add_route(_host_net(ip.address.ip), host_link.index, RT_SCOPE_LINK, RTPROT_STATIC)
+    return PodLinks(host=Interface(name=host_link.name, mac=host_link.mac, mtu=mtu),
+                    container=Interface(name=ifname, mac=pod_link.mac, sandbox=netns_path,
+                                        mtu=mtu))
 
 
-def _configure_pod_ip(pod: IPRoute, idx: int, ip: IPConfig, host_mac: str) -> None:
+def _host_net(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) \
+        -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    return ipaddress.ip_network(f"{ip}/{ip.max_prefixlen}")
+
+
+def _configure_pod_ip(pod: Rtnl, idx: int, ip: IPConfig, host_mac: str) -> None:
     flags = IFA_F_NOPREFIXROUTE | (IFA_F_NODAD if ip.address.version == 6 else 0)
-    pod.addr("add", index=idx, address=str(ip.address.ip), prefixlen=ip.address.network.prefixlen,
-             flags=flags)
-    gw = str(ip.gateway)
-    pod.route("add", dst=f"{gw}/{ip.address.max_prefixlen}", oif=idx, scope=RT_SCOPE_LINK,
-              proto=RTPROT_STATIC)
-    pod.neigh("add", dst=gw, lladdr=host_mac, ifindex=idx, state=NUD_PERMANENT)
+    pod.add_addr(idx, ip.address.ip, ip.address.network.prefixlen, flags)
+    assert ip.gateway is not None
+    pod.add_route(_host_net(ip.gateway), idx, RT_SCOPE_LINK, RTPROT_STATIC)
+    pod.add_neigh(idx, ip.gateway, host_mac)
 
 
 def _pod_routes(ips: list[IPConfig], routes: list[Route]) -> list[Route]:
@@ -243,22 +216,29 @@ def result_routes(ips: list[IPConfig], routes: list[Route]) -> list[Route]:
 
 def teardown(netns_path: str, ifname: str, host_veth: str) -> None:
     """Remove the pair; each step tolerates what is already gone (DEL is idempotent)."""
-    if netns_path:
-        with contextlib.suppress(CniError), netns(netns_path) as pod:
-            idx = link_index(pod, ifname)
-            if idx is not None:
-                _ignore_gone(pod.link, "del", index=idx)
-    with IPRoute() as host:
-        idx = link_index(host, host_veth)
-        if idx is not None:
-            _ignore_gone(host.link, "del", index=idx)
+    with Rtnl() as host:
+        link = host.link(host_veth)
+        if link is not None:
+            if _reap_later is None:
+                _ignore_gone(host.del_link, link.index)
+            else:
+                # Down flushes the routes through it and cuts the pod off; the pair goes in
+                # the reaper's next batch (the pod's end with it).
+                _ignore_gone(host.set_link, link.index, False, REAP_GROUP)
+                _reap_later()
+            return
+    if netns_path:  # no host end (a half-done ADD): the pod's end may still be there
+        with contextlib.suppress(CniError), pod_netns(netns_path) as (pod, _):
+            link = pod.link(ifname)
+            if link is not None:
+                _ignore_gone(pod.del_link, link.index)
 
 
-def _ignore_gone(op, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+def _ignore_gone(op: Callable[..., None], *args: object) -> None:
     try:
-        op(*args, **kwargs)
+        op(*args)
     except NetlinkError as e:
-        if e.code not in (errno.ENODEV, errno.ENOENT, errno.ESRCH):
+        if e.errno not in _GONE:
             raise
 
 
@@ -266,38 +246,31 @@ def check(netns_path: str, ifname: str, host_veth: str, mtu: int, prev: Result) 
     """Compare the kernel's state with prevResult; raise CHECK_FAILED naming the drift."""
     ips = [ip for ip in prev.ips]
     problems: list[str] = []
-    with netns(netns_path) as pod, IPRoute() as host:
-        pod_idx = link_index(pod, ifname)
-        host_idx = link_index(host, host_veth)
-        if pod_idx is None:
+    with pod_netns(netns_path) as (pod, _), Rtnl() as host:
+        link = pod.link(ifname)
+        host_link = host.link(host_veth)
+        if link is None:
             raise CniError(Code.CHECK_FAILED, f"interface {ifname} is missing in the container")
-        if host_idx is None:
+        if host_link is None or host_link.group == REAP_GROUP:
             raise CniError(Code.CHECK_FAILED, f"host veth {host_veth} is missing")
-        link = pod.get_links(pod_idx)[0]
-        if link.get_attr("IFLA_MTU") != mtu:
-            problems.append(f"{ifname} mtu {link.get_attr('IFLA_MTU')} != {mtu}")
-        if link.get_attr("IFLA_OPERSTATE") not in ("UP", "UNKNOWN", "LOWERLAYERDOWN") and \
-                not link["flags"] & 1:
+        if link.mtu != mtu:
+            problems.append(f"{ifname} mtu {link.mtu} != {mtu}")
+        if link.operstate not in ("UP", "UNKNOWN", "LOWERLAYERDOWN") and \
+                not link.flags & IFF_UP:
             problems.append(f"{ifname} is down")
-        have = {(a.get_attr("IFA_ADDRESS"), a["prefixlen"]) for a in pod.get_addr(index=pod_idx)}
+        have = pod.addrs(link.index)
         for ip in ips:
             if (str(ip.address.ip), ip.address.network.prefixlen) not in have:
                 problems.append(f"address {ip.address} missing on {ifname}")
-        pod_routes = {_route_key(r) for r in pod.get_routes(oif=pod_idx, table=254)}
+        pod_routes = {(r.dst, str(r.gateway)) for r in pod.routes() if r.oif == link.index}
         for r in result_routes(ips, prev.routes):
             if (str(r.dst), str(r.gw)) not in pod_routes:
                 problems.append(f"route {r.dst} via {r.gw} missing in the container")
-        host_routes = {_route_key(r)[0] for r in host.get_routes(oif=host_idx, table=254)}
+        host_routes = {r.dst for r in host.routes() if r.oif == host_link.index}
         for ip in ips:
-            want = f"{ip.address.ip}/{ip.address.max_prefixlen}"
+            want = str(_host_net(ip.address.ip))
             if want not in host_routes:
                 problems.append(f"host route {want} dev {host_veth} missing")
     if problems:
         raise CniError(Code.CHECK_FAILED, "container network drifted from prevResult",
                        "; ".join(problems))
-
-
-def _route_key(msg) -> tuple[str, str]:  # type: ignore[no-untyped-def]
-    family_default = "0.0.0.0" if msg["family"] == 2 else "::"
-    dst = msg.get_attr("RTA_DST") or family_default
-    return f"{dst}/{msg['dst_len']}", str(msg.get_attr("RTA_GATEWAY"))

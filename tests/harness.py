@@ -199,7 +199,9 @@ class Node:
         return pod
 
     def snapshot(self) -> dict[str, str]:
-        """What a failed or rejected request must leave unchanged on the node."""
+        """What a failed or rejected request must leave unchanged on the node. Taken once
+        ferryd's reaper has removed the veth pairs that DELs handed to it."""
+        wait_reaped(self.ns)
         files = sorted(str(p.relative_to(self.tmp)) for p in self.tmp.rglob("*")
                        if "log" not in p.parts)
         return {
@@ -232,6 +234,24 @@ def wait_settled(ns: Netns, timeout: float = 5.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"addresses in {ns.name} still tentative after {timeout}s")
         time.sleep(0.05)
+
+
+def reaping(ns: Netns) -> str:
+    """The links in `ns` that a DEL handed to ferryd's reaper and that still exist."""
+    from plugin.wiring import REAP_GROUP
+
+    return ns.ip("-o", "link", "show", "group", str(REAP_GROUP))
+
+
+def wait_reaped(ns: Netns, timeout: float = 10.0) -> None:
+    """Wait until ferryd's reaper has deleted what DEL handed it (it runs right away; the
+    deadline only keeps a broken reaper from hanging the suite)."""
+    deadline = time.monotonic() + timeout
+    while reaping(ns):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"links in {ns.name} not reaped after {timeout}s: "
+                                 f"{reaping(ns)}")
+        time.sleep(0.01)
 
 
 def snapshot_diff(before: dict[str, str], after: dict[str, str]) -> str:

@@ -26,6 +26,7 @@ from typing import Any
 from plugin import engine, relay
 from plugin import log as logging_setup
 from plugin.agent import metrics
+from plugin.agent.reaper import LinkReaper
 from plugin.agent.reconcile import reconcile
 from plugin.cli import respond
 from plugin.config import NetConf, load_file
@@ -143,6 +144,8 @@ class Agent:
 
     def run(self) -> None:
         logging_setup.setup(self.conf.log)
+        reaper = LinkReaper()
+        reaper.start()
         # Reconcile first: the load then re-syncs only the pods that are alive.
         report = reconcile(self.conf, self.dataplane)
         loaded = self._load_dataplane()
@@ -166,6 +169,7 @@ class Agent:
         log.info("ferryd stopping")
         relay_server.stop()
         grpc_server.stop(grace=5).wait()
+        reaper.stop()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.args.grpc_socket)
         log.info("ferryd stopped")

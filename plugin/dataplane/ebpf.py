@@ -151,17 +151,17 @@ class Ebpf:
                            "<this network's config file>` on the node, then retry")
         v4 = V4.addrs(att.ips)
         try:
-            with IPRoute() as ipr:
-                host_idx = _index(ipr, att.host_veth)
-                if host_idx is None:
-                    raise CniError(Code.INTERNAL, f"host veth {att.host_veth} is missing")
-                for fam in FAMILIES:
-                    # The pod ENI flag (no SNAT) only where redirection exists: IPv4.
-                    flags = EP_F_POD_ENI if att.pod_eni and fam is V4 else 0
-                    with open_map(d, fam.endpoints) as eps:
-                        for ip in fam.addrs(att.ips):
-                            eps.put(fam.key(fam.raw(ip)), Endpoint(ifindex=host_idx, flags=flags))
-                if att.pod_eni:
+            host_idx = _index(att.host_veth)
+            if host_idx is None:
+                raise CniError(Code.INTERNAL, f"host veth {att.host_veth} is missing")
+            for fam in FAMILIES:
+                # The pod ENI flag (no SNAT) only where redirection exists: IPv4.
+                flags = EP_F_POD_ENI if att.pod_eni and fam is V4 else 0
+                with open_map(d, fam.endpoints) as eps:
+                    for ip in fam.addrs(att.ips):
+                        eps.put(fam.key(fam.raw(ip)), Endpoint(ifindex=host_idx, flags=flags))
+            if att.pod_eni:
+                with IPRoute() as ipr:
                     self._attach_eni(d, att, ipr, host_idx, v4)
         except BaseException:
             self.detach(conf, att)  # the engine undoes only attaches that returned
@@ -172,16 +172,16 @@ class Ebpf:
                     v4: list[str]) -> None:
         assert att.pod_eni is not None
         device, gateway = att.pod_eni["device"], att.pod_eni.get("gateway")
-        eni_idx = _index(ipr, device)
+        eni_idx = _index(device)
         if eni_idx is None:
             raise CniError(Code.INVALID_CONFIG, f"pod ENI device {device} does not exist",
                            "podENI.device must name a device in the node's namespace")
         host_mac = ipr.get_links(host_idx)[0].get_attr("IFLA_ADDRESS")
-        with wiring.netns(att.netns) as pod:
-            pod_idx = _index(pod, att.ifname)
-            if pod_idx is None:
+        with wiring.pod_netns(att.netns) as (pod, _):
+            pod_link = pod.link(att.ifname)
+            if pod_link is None:
                 raise CniError(Code.INTERNAL, f"{att.ifname} is missing in the container")
-            pod_mac = pod.get_links(pod_idx)[0].get_attr("IFLA_ADDRESS")
+            pod_mac = pod_link.mac
         entry = Redirect(host_ifindex=host_idx, eni_ifindex=eni_idx,
                          gateway=ip4(gateway) if gateway else 0)
         ctypes.memmove(entry.host_mac, mac_bytes(host_mac), 6)
@@ -201,19 +201,24 @@ class Ebpf:
                     m.delete(fam.key(fam.raw(ip)))
         with contextlib.suppress(OSError):
             _purge_nat(d, att.ips)
+        if not att.pod_eni:
+            return  # the pod's filters are the ENI ones; the endpoint entry is all there is
         with IPRoute() as ipr:
-            host_idx = _index(ipr, att.host_veth)
-            if host_idx is not None and att.pod_eni:
+            host_idx = _index(att.host_veth)
+            if host_idx is not None:
                 tc.detach(ipr, host_idx, "ingress")
-            eni_idx = _index(ipr, att.pod_eni["device"]) if att.pod_eni else None
+            eni_idx = _index(att.pod_eni["device"])
             if eni_idx is not None:
                 tc.detach(ipr, eni_idx, "ingress")
                 tc.drop_clsact_if_empty(ipr, eni_idx)
 
 
-def _index(ipr: IPRoute, name: str) -> int | None:
-    found = ipr.link_lookup(ifname=name)
-    return found[0] if found else None
+def _index(name: str) -> int | None:
+    """The ifindex of a link in this namespace (an ioctl: no dump of every link)."""
+    try:
+        return socket.if_nametoindex(name)
+    except OSError:
+        return None
 
 
 def resolve_uplink(conf: NetConf, ipr: IPRoute) -> tuple[str, int, ipaddress.IPv4Address]:
@@ -221,7 +226,7 @@ def resolve_uplink(conf: NetConf, ipr: IPRoute) -> tuple[str, int, ipaddress.IPv
     default route's device; the node IP defaults to the device's first global IPv4."""
     idx: int | None = None
     if conf.uplink:
-        idx = _index(ipr, conf.uplink)
+        idx = _index(conf.uplink)
         if idx is None:
             raise CniError(Code.INVALID_CONFIG, f"uplink device {conf.uplink} does not exist")
     elif conf.node_ip is not None:

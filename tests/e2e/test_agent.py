@@ -12,9 +12,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from harness import Agent, CniCall, Node, Pod, ping, sh, tcp_roundtrip, uid
+from harness import Agent, CniCall, Node, Pod, ping, reaping, sh, tcp_roundtrip, uid, wait_reaped
 
 from plugin.agent import ferry_pb2 as pb
+from plugin.wiring import REAP_GROUP
 
 
 def _served(agent: Agent) -> int:
@@ -242,6 +243,66 @@ def test_restart_keeps_pods_working(node: Node) -> None:
     finally:
         if agent.proc is not None:
             agent.stop()
+
+
+def test_del_cuts_the_pod_off_at_once_and_the_reaper_removes_the_pair(node: Node) -> None:
+    """ferryd answers DEL before the kernel has unregistered the veth pair (its slow part);
+    by then the pod must already be unreachable and its IP free."""
+    with Agent.running(node) as agent:
+        pod = node.add_pod("reaped", agent.conf)
+        veth = pod.result["interfaces"][0]["name"]  # type: ignore[index]
+        ip4, ip6 = pod.ips(4)[0], pod.ips(6)[0]
+        assert ping(node.ns, ip4)
+        node.cni("DEL", pod, agent.conf).ok()
+        assert ip4 not in node.ns.ip("route", "show")
+        assert ip6 not in node.ns.ip("-6", "route", "show")
+        assert not (node.tmp / "ipam" / node.network / ip4).exists()
+        left = node.ns.ip("-o", "link", "show", "dev", veth, check=False)
+        assert not left or ("state DOWN" in left and f"group {REAP_GROUP}" in left), left
+        assert not ping(node.ns, ip4)
+        wait_reaped(node.ns)
+        assert veth not in node.ns.ip("link", "show")
+        assert "eth0" not in pod.ns.ip("link", "show")  # the pod's end went with it
+
+
+def test_add_takes_over_a_same_named_pair_waiting_for_the_reaper(node: Node) -> None:
+    """A pod deleted and created again under the same name before the reaper came by: its
+    host veth name is taken by the old pair, which ADD removes itself."""
+    old = node.add_pod("reborn")
+    veth = old.result["interfaces"][0]["name"]  # type: ignore[index]
+    node.cni("DEL", old).ok()
+    assert veth not in node.ns.ip("link", "show")  # standalone DEL deletes at once
+    # What a ferryd DEL leaves until the reaper runs: the old pair, down, in REAP_GROUP.
+    node.ns.ip("link", "add", veth, "group", str(REAP_GROUP), "type", "veth", "peer", "name",
+               "eth0", "netns", old.ns.name)
+    new = node.add_pod("reborn")
+    assert new.result["interfaces"][0]["name"] == veth  # type: ignore[index]
+    assert ping(new.ns, node.node_ip4)
+    assert "eth0" not in old.ns.ip("link", "show")
+    node.cni("DEL", new).ok()
+
+
+def test_same_named_link_outside_the_reap_group_is_not_taken_over(node: Node) -> None:
+    old = node.add_pod("squatted")
+    veth = old.result["interfaces"][0]["name"]  # type: ignore[index]
+    node.cni("DEL", old).ok()
+    node.ns.ip("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns",
+               old.ns.name)
+    before = node.snapshot()
+    err = node.cni("ADD", node.new_pod("squatted")).error()
+    assert "already exists" in err["msg"]
+    assert node.snapshot() == before
+
+
+def test_ferryd_start_reaps_pairs_a_killed_ferryd_left(node: Node) -> None:
+    other = node.new_pod()
+    node.ns.ip("link", "add", "leftover0", "group", str(REAP_GROUP), "type", "veth", "peer",
+               "name", "x0", "netns", other.ns.name)
+    node.ns.ip("link", "add", "bystander0", "type", "veth", "peer", "name", "x1", "netns",
+               other.ns.name)
+    with Agent.running(node):
+        assert not reaping(node.ns)  # the first pass runs before ferryd says it is ready
+        assert "bystander0" in node.ns.ip("link", "show")  # not in the group: not ours
 
 
 def _steady_flow(node: Node, pod: Pod) -> tuple[subprocess.Popen[str], subprocess.Popen[str]]:
