@@ -22,6 +22,9 @@ Parallel phase: N pods, `--parallel` (8) at a time: create netns + ADD for all o
 DEL + delete netns for all of them; wall time of each half and in total. The DEL half ends
 only when the node holds no pod link any more: ferryd answers DEL before the kernel has
 removed the veth pair (its reaper deletes the pairs in batches), and that work is counted.
+"CPU ms/pod" is the CPU time of everything the phase made work (the plugin execs with their
+nsenter, `ip netns`, and ferryd) per pod: with 8 execs in flight on a small machine the
+phase is CPU-bound, and this says where its wall time comes from.
 The sequential phase reports the same lag ("drain") after one more pod per mode.
 
 IPv4 only by default: with an IPv6 range the reference ptp waits for duplicate address
@@ -43,6 +46,7 @@ import json
 import math
 import os
 import platform
+import resource
 import secrets
 import shutil
 import signal
@@ -145,6 +149,10 @@ class Mode:
 
     def verify(self, node: Node) -> None:
         """After the phases: raise BenchError if the samples did not measure this mode."""
+
+    def own_cpu(self) -> float:
+        """CPU seconds of the mode's long-running processes (not the benchmark's children)."""
+        return 0.0
 
     def netconf(self, node: Node, dual: bool) -> dict[str, Any]:
         raise NotImplementedError
@@ -250,6 +258,10 @@ class FerryWithAgent(FerryStandalone):
                                  f"{err.read_text()[-600:]}")
             time.sleep(0.05)
         raise BenchError(f"ferryd not ready after {TIMEOUT_S} s: {err.read_text()[-600:]}")
+
+    def own_cpu(self) -> float:
+        fields = Path(f"/proc/{self.agent_pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime+stime
 
     def stop(self, node: Node) -> None:
         if self.proc is None:
@@ -403,6 +415,7 @@ class Samples:
 class ParallelRun:
     add_all: float
     del_all: float
+    cpu: float  # CPU seconds of everything the run made work: execs, ip, and ferryd
 
     @property
     def total(self) -> float:
@@ -455,21 +468,29 @@ def sequential(bench: Bench, modes: list[Mode], iterations: int, warmup: int,
     return samples
 
 
+def children_cpu() -> float:
+    """CPU seconds of the processes this benchmark has waited for (plugins, ip, nsenter)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def parallel(bench: Bench, mode: Mode, pods: int, workers: int) -> ParallelRun:
     batch = [bench.pod(mode) for _ in range(pods)]
     pool = ThreadPoolExecutor(max_workers=workers)
     try:
+        cpu0 = children_cpu() + mode.own_cpu()
         t0 = time.perf_counter()
         list(pool.map(bench.up, batch))
         t1 = time.perf_counter()
         list(pool.map(bench.down, batch))
         bench.drain()
         t2 = time.perf_counter()
+        cpu = children_cpu() + mode.own_cpu() - cpu0
     finally:
         # On a failure or Ctrl-C, do not start the queued pods; wait for the running ones.
         pool.shutdown(wait=True, cancel_futures=True)
     bench.assert_clean(mode)
-    return ParallelRun(t1 - t0, t2 - t1)
+    return ParallelRun(t1 - t0, t2 - t1, cpu)
 
 
 # --- report -------------------------------------------------------------------------------------
@@ -519,7 +540,8 @@ def report(args: argparse.Namespace, modes: list[Mode], skipped: dict[str, str],
     print()
     print(f"parallel: {args.pods} pods, {args.parallel} at a time: netns add + ADD for all, "
           "then DEL + netns del for all (s)")
-    head = f"{'mode':<{label_w}} {'ADD all':>8} {'DEL all':>8} {'total':>8} {'pods/s':>8}"
+    head = (f"{'mode':<{label_w}} {'ADD all':>8} {'DEL all':>8} {'total':>8} {'pods/s':>8}"
+            f" {'CPU ms/pod':>11}")
     print(head)
     print("-" * len(head))
     for mode in MODES:
@@ -528,12 +550,13 @@ def report(args: argparse.Namespace, modes: list[Mode], skipped: dict[str, str],
             continue
         r = par[mode.key]
         print(f"{mode.label:<{label_w}} {r.add_all:8.2f} {r.del_all:8.2f} {r.total:8.2f} "
-              f"{args.pods / r.total:8.1f}")
+              f"{args.pods / r.total:8.1f} {r.cpu / args.pods * 1000:11.1f}")
     for key in ("a", "b"):
         if key in par and "c" in par:
             a, c = par[key], par["c"]
             print(f"{'ratio (' + key + ')/(c)':<{label_w}} {ratio(a.add_all, c.add_all)} "
-                  f"{ratio(a.del_all, c.del_all)} {ratio(a.total, c.total)}")
+                  f"{ratio(a.del_all, c.del_all)} {ratio(a.total, c.total)} {'':8} "
+                  f"{ratio(a.cpu, c.cpu):>11}")
 
 
 # --- main ---------------------------------------------------------------------------------------
