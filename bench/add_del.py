@@ -416,6 +416,7 @@ class ParallelRun:
     add_all: float
     del_all: float
     cpu: float  # CPU seconds of everything the run made work: execs, ip, and ferryd
+    own_cpu: float  # of which the mode's long-running process (ferryd)
 
     @property
     def total(self) -> float:
@@ -478,19 +479,20 @@ def parallel(bench: Bench, mode: Mode, pods: int, workers: int) -> ParallelRun:
     batch = [bench.pod(mode) for _ in range(pods)]
     pool = ThreadPoolExecutor(max_workers=workers)
     try:
-        cpu0 = children_cpu() + mode.own_cpu()
+        own0, cpu0 = mode.own_cpu(), children_cpu()
         t0 = time.perf_counter()
         list(pool.map(bench.up, batch))
         t1 = time.perf_counter()
         list(pool.map(bench.down, batch))
         bench.drain()
         t2 = time.perf_counter()
-        cpu = children_cpu() + mode.own_cpu() - cpu0
+        own = mode.own_cpu() - own0
+        cpu = children_cpu() - cpu0 + own
     finally:
         # On a failure or Ctrl-C, do not start the queued pods; wait for the running ones.
         pool.shutdown(wait=True, cancel_futures=True)
     bench.assert_clean(mode)
-    return ParallelRun(t1 - t0, t2 - t1, cpu)
+    return ParallelRun(t1 - t0, t2 - t1, cpu, own)
 
 
 # --- report -------------------------------------------------------------------------------------
@@ -557,6 +559,11 @@ def report(args: argparse.Namespace, modes: list[Mode], skipped: dict[str, str],
             print(f"{'ratio (' + key + ')/(c)':<{label_w}} {ratio(a.add_all, c.add_all)} "
                   f"{ratio(a.del_all, c.del_all)} {ratio(a.total, c.total)} {'':8} "
                   f"{ratio(a.cpu, c.cpu):>11}")
+    for mode in MODES:
+        if mode.key in par and par[mode.key].own_cpu:
+            print(f"CPU of {mode.label}: ferryd {par[mode.key].own_cpu / args.pods * 1000:.1f} "
+                  "ms/pod, the rest is the execs (each `python -IS` start alone is ~9 ms of "
+                  "CPU; a Go plugin's ~2)")
 
 
 # --- main ---------------------------------------------------------------------------------------

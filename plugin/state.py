@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,8 @@ class StateStore:
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         path = self._path(att.container_id, att.ifname)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(asdict(att)))
+        # A shallow dict: the values are JSON already (asdict deep-copies them).
+        tmp.write_text(json.dumps({f.name: getattr(att, f.name) for f in fields(att)}))
         tmp.replace(path)
 
     def remove(self, container_id: str, ifname: str) -> None:

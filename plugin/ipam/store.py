@@ -60,18 +60,26 @@ class Store:
     def reservations(self) -> dict[Address, tuple[str, str]]:
         """Every reserved IP with its (container id, ifname); ifname is '' for old files."""
         out: dict[Address, tuple[str, str]] = {}
-        if not self.dir.is_dir():
+        try:
+            entries = os.scandir(self.dir)  # os, not pathlib: this runs per ADD and DEL
+        except FileNotFoundError:
             return out
-        for entry in self.dir.iterdir():
-            try:
-                ip = ipaddress.ip_address(entry.name)
-            except ValueError:
-                continue  # lock, last_reserved_ip.N
-            try:
-                owner, _, ifname = entry.read_bytes().decode().partition(LINE_BREAK)
-            except FileNotFoundError:
-                continue
-            out[ip] = (owner.strip(), ifname.strip())
+        with entries:
+            for entry in entries:
+                try:
+                    ip = ipaddress.ip_address(entry.name)
+                except ValueError:
+                    continue  # lock, last_reserved_ip.N
+                try:
+                    fd = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC)
+                except FileNotFoundError:
+                    continue
+                try:
+                    data = os.read(fd, 4096)
+                finally:
+                    os.close(fd)
+                owner, _, ifname = data.decode().partition(LINE_BREAK)
+                out[ip] = (owner.strip(), ifname.strip())
         return out
 
     def owned_by(self, container_id: str, ifname: str) -> list[Address]:
