@@ -1,5 +1,5 @@
-# ferry CNI image: the install step of the DaemonSet (deploy/ferry-daemonset.yaml) and, later,
-# the node agent ferryd.
+# ferry CNI image: the install step of the DaemonSet (deploy/ferry-daemonset.yaml) and the
+# node agent ferryd.
 #   docker build -t ferry-cni:0.1.0 .
 # Debian 12 to match the nodes: the venv built here and the source are copied to the node by
 # `deploy/install.sh --copy` and run there on /usr/bin/python3.11; bcc (python3-bpfcc) is a
@@ -35,7 +35,7 @@ ENV FERRY_HOME=/opt/ferry \
     PATH=/opt/ferry/venv/bin:$PATH
 
 LABEL org.opencontainers.image.title="ferry" \
-      org.opencontainers.image.description="ferry CNI plugin suite: binaries, install script, node agent (later)" \
+      org.opencontainers.image.description="ferry CNI plugin suite: binaries, install script, node agent ferryd" \
       org.opencontainers.image.licenses="Apache-2.0"
 
 # Default: install into the host filesystem mounted at /host (docker run -v /:/host ...);
