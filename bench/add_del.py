@@ -506,9 +506,27 @@ def ratio(a: float, c: float) -> str:
     return f"{a / c:7.1f}x" if c > 0 else "     n/a"
 
 
+LABEL_W = 26
+
+
+def table(columns: str, skipped: dict[str, str], results: dict[str, Any],
+          row: Callable[[str], str], ratio_row: Callable[[str], str]) -> None:
+    """One phase's table: a row per mode (or why it did not run), then (a)/(c) and (b)/(c)."""
+    head = f"{'mode':<{LABEL_W}} {columns}"
+    print(head)
+    print("-" * len(head))
+    for mode in MODES:
+        if mode.key in skipped:
+            print(f"{mode.label:<{LABEL_W}} not run: {skipped[mode.key]}")
+        else:
+            print(f"{mode.label:<{LABEL_W}} {row(mode.key)}")
+    for key in ("a", "b"):
+        if key in results and "c" in results:
+            print(f"{'ratio (' + key + ')/(c)':<{LABEL_W}} {ratio_row(key)}")
+
+
 def report(args: argparse.Namespace, modes: list[Mode], skipped: dict[str, str],
            seq: dict[str, Samples], par: dict[str, ParallelRun]) -> None:
-    label_w = 26
     family = "dual stack (IPv4 + IPv6)" if args.dual else "IPv4 only (--dual for dual stack)"
     print()
     print(f"ferry ADD+DEL benchmark  cniVersion {CNI_VERSION}, {family}")
@@ -519,46 +537,37 @@ def report(args: argparse.Namespace, modes: list[Mode], skipped: dict[str, str],
     print()
     print(f"sequential: {args.iterations} pods per mode, interleaved, {args.warmup} warm-up "
           "each; per pod: netns add + ADD + DEL + netns del (ms)")
-    head = (f"{'mode':<{label_w}} {'median':>8} {'p90':>8}   {'ADD med':>8} {'DEL med':>8}"
-            f" {'drain':>8}")
-    print(head)
-    print("-" * len(head))
-    for mode in MODES:
-        if mode.key in skipped:
-            print(f"{mode.label:<{label_w}} not run: {skipped[mode.key]}")
-            continue
-        s = seq[mode.key]
-        print(f"{mode.label:<{label_w}} {ms(statistics.median(s.total))} {ms(p90(s.total))}   "
-              f"{ms(statistics.median(s.add))} {ms(statistics.median(s.delete))} "
-              f"{ms(s.drain)}")
-    for key in ("a", "b"):
-        if key in seq and "c" in seq:
-            a, c = seq[key], seq["c"]
-            print(f"{'ratio (' + key + ')/(c)':<{label_w}} "
-                  f"{ratio(statistics.median(a.total), statistics.median(c.total))} "
-                  f"{ratio(p90(a.total), p90(c.total))}   "
-                  f"{ratio(statistics.median(a.add), statistics.median(c.add))} "
-                  f"{ratio(statistics.median(a.delete), statistics.median(c.delete))}")
+    def seq_row(key: str) -> str:
+        m = seq[key]
+        return (f"{ms(statistics.median(m.total))} {ms(p90(m.total))}   "
+                f"{ms(statistics.median(m.add))} {ms(statistics.median(m.delete))} "
+                f"{ms(m.drain)}")
+
+    def seq_ratio(key: str) -> str:
+        a, c = seq[key], seq["c"]
+        return (f"{ratio(statistics.median(a.total), statistics.median(c.total))} "
+                f"{ratio(p90(a.total), p90(c.total))}   "
+                f"{ratio(statistics.median(a.add), statistics.median(c.add))} "
+                f"{ratio(statistics.median(a.delete), statistics.median(c.delete))}")
+
+    table(f"{'median':>8} {'p90':>8}   {'ADD med':>8} {'DEL med':>8} {'drain':>8}",
+          skipped, seq, seq_row, seq_ratio)
     print()
     print(f"parallel: {args.pods} pods, {args.parallel} at a time: netns add + ADD for all, "
           "then DEL + netns del for all (s)")
-    head = (f"{'mode':<{label_w}} {'ADD all':>8} {'DEL all':>8} {'total':>8} {'pods/s':>8}"
-            f" {'CPU ms/pod':>11}")
-    print(head)
-    print("-" * len(head))
-    for mode in MODES:
-        if mode.key in skipped:
-            print(f"{mode.label:<{label_w}} not run: {skipped[mode.key]}")
-            continue
-        r = par[mode.key]
-        print(f"{mode.label:<{label_w}} {r.add_all:8.2f} {r.del_all:8.2f} {r.total:8.2f} "
-              f"{args.pods / r.total:8.1f} {r.cpu / args.pods * 1000:11.1f}")
-    for key in ("a", "b"):
-        if key in par and "c" in par:
-            a, c = par[key], par["c"]
-            print(f"{'ratio (' + key + ')/(c)':<{label_w}} {ratio(a.add_all, c.add_all)} "
-                  f"{ratio(a.del_all, c.del_all)} {ratio(a.total, c.total)} {'':8} "
-                  f"{ratio(a.cpu, c.cpu):>11}")
+
+    def par_row(key: str) -> str:
+        r = par[key]
+        return (f"{r.add_all:8.2f} {r.del_all:8.2f} {r.total:8.2f} "
+                f"{args.pods / r.total:8.1f} {r.cpu / args.pods * 1000:11.1f}")
+
+    def par_ratio(key: str) -> str:
+        a, c = par[key], par["c"]
+        return (f"{ratio(a.add_all, c.add_all)} {ratio(a.del_all, c.del_all)} "
+                f"{ratio(a.total, c.total)} {'':8} {ratio(a.cpu, c.cpu):>11}")
+
+    table(f"{'ADD all':>8} {'DEL all':>8} {'total':>8} {'pods/s':>8} {'CPU ms/pod':>11}",
+          skipped, par, par_row, par_ratio)
     for mode in MODES:
         if mode.key in par and par[mode.key].own_cpu:
             print(f"CPU of {mode.label}: ferryd {par[mode.key].own_cpu / args.pods * 1000:.1f} "
