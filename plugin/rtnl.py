@@ -118,6 +118,14 @@ def _parse_link(body: bytes) -> Link:
                 operstate=OPERSTATES[operstate] if operstate < len(OPERSTATES) else "UNKNOWN")
 
 
+def ifindex(name: str) -> int | None:
+    """The ifindex of link `name` in this thread's namespace, or None (an ioctl: no dump)."""
+    try:
+        return socket.if_nametoindex(name)
+    except OSError:
+        return None
+
+
 _libc = ctypes.CDLL(None, use_errno=True)
 CLONE_NEWNET = 0x40000000
 

@@ -55,6 +55,7 @@ from plugin.config import NetConf
 from plugin.dataplane import resync, tc
 from plugin.log import log
 from plugin.protocol import CniError, Code
+from plugin.rtnl import ifindex
 from plugin.state import Attachment, StateStore
 
 MIN_KERNEL = (5, 11)  # bpf_redirect_neigh with a next hop, bpf_redirect_peer
@@ -151,7 +152,7 @@ class Ebpf:
                            "<this network's config file>` on the node, then retry")
         v4 = V4.addrs(att.ips)
         try:
-            host_idx = _index(att.host_veth)
+            host_idx = ifindex(att.host_veth)
             if host_idx is None:
                 raise CniError(Code.INTERNAL, f"host veth {att.host_veth} is missing")
             for fam in FAMILIES:
@@ -172,7 +173,7 @@ class Ebpf:
                     v4: list[str]) -> None:
         assert att.pod_eni is not None
         device, gateway = att.pod_eni["device"], att.pod_eni.get("gateway")
-        eni_idx = _index(device)
+        eni_idx = ifindex(device)
         if eni_idx is None:
             raise CniError(Code.INVALID_CONFIG, f"pod ENI device {device} does not exist",
                            "podENI.device must name a device in the node's namespace")
@@ -204,21 +205,13 @@ class Ebpf:
         if not att.pod_eni:
             return  # the pod's filters are the ENI ones; the endpoint entry is all there is
         with IPRoute() as ipr:
-            host_idx = _index(att.host_veth)
+            host_idx = ifindex(att.host_veth)
             if host_idx is not None:
                 tc.detach(ipr, host_idx, "ingress")
-            eni_idx = _index(att.pod_eni["device"])
+            eni_idx = ifindex(att.pod_eni["device"])
             if eni_idx is not None:
                 tc.detach(ipr, eni_idx, "ingress")
                 tc.drop_clsact_if_empty(ipr, eni_idx)
-
-
-def _index(name: str) -> int | None:
-    """The ifindex of a link in this namespace (an ioctl: no dump of every link)."""
-    try:
-        return socket.if_nametoindex(name)
-    except OSError:
-        return None
 
 
 def resolve_uplink(conf: NetConf, ipr: IPRoute) -> tuple[str, int, ipaddress.IPv4Address]:
@@ -226,7 +219,7 @@ def resolve_uplink(conf: NetConf, ipr: IPRoute) -> tuple[str, int, ipaddress.IPv
     default route's device; the node IP defaults to the device's first global IPv4."""
     idx: int | None = None
     if conf.uplink:
-        idx = _index(conf.uplink)
+        idx = ifindex(conf.uplink)
         if idx is None:
             raise CniError(Code.INVALID_CONFIG, f"uplink device {conf.uplink} does not exist")
     elif conf.node_ip is not None:

@@ -46,6 +46,7 @@ from plugin.dataplane import resync
 from plugin.dataplane.ebpf import resolve_node_ip6, resolve_uplink
 from plugin.log import log
 from plugin.protocol import CniError, Code
+from plugin.rtnl import ifindex
 from plugin.state import Attachment, StateStore
 
 PREFIX = "FERRY-"
@@ -489,12 +490,12 @@ def _forget(rows: Iterable[dict[str, Any]]) -> int:
 # --- pod ENI: policy routing --------------------------------------------------------------
 
 
-def _eni_table(ipr: IPRoute, device: str) -> tuple[int, int]:
-    found = ipr.link_lookup(ifname=device)
-    if not found:
+def _eni_table(device: str) -> tuple[int, int]:
+    found = ifindex(device)
+    if found is None:
         raise CniError(Code.INVALID_CONFIG, f"pod ENI device {device} does not exist",
                        "podENI.device must name a device in the node's namespace")
-    return found[0], TABLE_BASE + found[0]
+    return found, TABLE_BASE + found
 
 
 def _eni_rules(conf: NetConf, att: Attachment, ip: str, table: int) -> list[dict[str, Any]]:
@@ -509,9 +510,9 @@ def _attach_eni(conf: NetConf, att: Attachment) -> None:
     assert att.pod_eni is not None
     gateway = att.pod_eni.get("gateway")
     with IPRoute() as ipr:
-        eni_idx, table = _eni_table(ipr, att.pod_eni["device"])
-        host = ipr.link_lookup(ifname=att.host_veth)
-        if not host:
+        eni_idx, table = _eni_table(att.pod_eni["device"])
+        host = ifindex(att.host_veth)
+        if host is None:
             raise CniError(Code.INTERNAL, f"host veth {att.host_veth} is missing")
         if gateway:
             ipr.route("replace", dst="0.0.0.0/0", gateway=gateway, oif=eni_idx, table=table,
@@ -519,7 +520,7 @@ def _attach_eni(conf: NetConf, att: Attachment) -> None:
         else:
             ipr.route("replace", dst="0.0.0.0/0", oif=eni_idx, table=table, scope=253)
         for ip in _split_ips(att.ips)[4]:
-            ipr.route("replace", dst=f"{ip}/32", oif=host[0], table=table, scope=253)
+            ipr.route("replace", dst=f"{ip}/32", oif=host, table=table, scope=253)
             for rule in _eni_rules(conf, att, ip, table):
                 _rule(ipr, "add", **rule)
         _rule(ipr, "add", priority=PRIO_IIF, iifname=att.pod_eni["device"], table=table)
@@ -531,8 +532,8 @@ def _detach_eni(conf: NetConf, att: Attachment) -> bool:
     assert att.pod_eni is not None
     removed = False
     with IPRoute() as ipr:
-        found = ipr.link_lookup(ifname=att.pod_eni["device"])
-        tables = {TABLE_BASE + found[0]} if found else set()
+        found = ifindex(att.pod_eni["device"])
+        tables = {TABLE_BASE + found} if found is not None else set()
         # The device may be gone: find its table from the pod's own rule.
         ips = _split_ips(att.ips)[4]
         for r in ipr.get_rules(family=socket.AF_INET, priority=PRIO_FROM):
