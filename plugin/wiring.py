@@ -115,7 +115,7 @@ def setup(netns_path: str, ifname: str, host_veth: str, mtu: int, ips: list[IPCo
                 raise CniError(Code.INTERNAL, f"host interface {host_veth} already exists",
                                "another attachment uses the same namespace/pod name")
             # The same pod, DELeted and re-added before the reaper came by: finish its removal.
-            _ignore_gone(host.del_link, old.index)
+            ignore_gone(host.del_link, old.index)
         host.add_veth(host_veth, ifname, pod_fd, mtu)
         host_link = host.link(host_veth)
         assert host_link is not None
@@ -124,7 +124,7 @@ def setup(netns_path: str, ifname: str, host_veth: str, mtu: int, ips: list[IPCo
         except BaseException:
             # Deleting one end removes the pair, wherever the peer is.
             with contextlib.suppress(Exception):
-                _ignore_gone(host.del_link, host_link.index)
+                ignore_gone(host.del_link, host_link.index)
             raise
 
 
@@ -163,13 +163,13 @@ def _configure(pod: Rtnl, host: Rtnl, netns_path: str, ifname: str, host_link: L
                            f"gateway {gw} is not on-link (only the pod's gateways are)") \
                 from None
     for ip in ips:
-        host.add_route(_host_net(ip.address.ip), host_link.index, RT_SCOPE_LINK, RTPROT_STATIC)
+        host.add_route(host_net(ip.address.ip), host_link.index, RT_SCOPE_LINK, RTPROT_STATIC)
     return PodLinks(host=Interface(name=host_link.name, mac=host_link.mac, mtu=mtu),
                     container=Interface(name=ifname, mac=pod_link.mac, sandbox=netns_path,
                                         mtu=mtu))
 
 
-def _host_net(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) \
+def host_net(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) \
         -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     return ipaddress.ip_network(f"{ip}/{ip.max_prefixlen}")
 
@@ -178,7 +178,7 @@ def _configure_pod_ip(pod: Rtnl, idx: int, ip: IPConfig, host_mac: str) -> None:
     flags = IFA_F_NOPREFIXROUTE | (IFA_F_NODAD if ip.address.version == 6 else 0)
     pod.add_addr(idx, ip.address.ip, ip.address.network.prefixlen, flags)
     assert ip.gateway is not None
-    pod.add_route(_host_net(ip.gateway), idx, RT_SCOPE_LINK, RTPROT_STATIC)
+    pod.add_route(host_net(ip.gateway), idx, RT_SCOPE_LINK, RTPROT_STATIC)
     pod.add_neigh(idx, ip.gateway, host_mac)
 
 
@@ -220,21 +220,21 @@ def teardown(netns_path: str, ifname: str, host_veth: str) -> None:
         link = host.link(host_veth)
         if link is not None:
             if _reap_later is None:
-                _ignore_gone(host.del_link, link.index)
+                ignore_gone(host.del_link, link.index)
             else:
                 # Down flushes the routes through it and cuts the pod off; the pair goes in
                 # the reaper's next batch (the pod's end with it).
-                _ignore_gone(host.set_link, link.index, False, REAP_GROUP)
+                ignore_gone(host.set_link, link.index, False, REAP_GROUP)
                 _reap_later()
             return
     if netns_path:  # no host end (a half-done ADD): the pod's end may still be there
         with contextlib.suppress(CniError), pod_netns(netns_path) as (pod, _):
             link = pod.link(ifname)
             if link is not None:
-                _ignore_gone(pod.del_link, link.index)
+                ignore_gone(pod.del_link, link.index)
 
 
-def _ignore_gone(op: Callable[..., None], *args: object) -> None:
+def ignore_gone(op: Callable[..., None], *args: object) -> None:
     try:
         op(*args)
     except NetlinkError as e:
@@ -268,7 +268,7 @@ def check(netns_path: str, ifname: str, host_veth: str, mtu: int, prev: Result) 
                 problems.append(f"route {r.dst} via {r.gw} missing in the container")
         host_routes = {r.dst for r in host.routes() if r.oif == host_link.index}
         for ip in ips:
-            want = str(_host_net(ip.address.ip))
+            want = str(host_net(ip.address.ip))
             if want not in host_routes:
                 problems.append(f"host route {want} dev {host_veth} missing")
     if problems:

@@ -13,20 +13,18 @@ the dataDir, and ferry writes its record before it reserves anything.
 
 from __future__ import annotations
 
-import errno
+import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
 
 from plugin import wiring
 from plugin.config import VETH_HASH_CHARS, NetConf
 from plugin.dataplane import Dataplane
 from plugin.ipam.allocator import Allocator
 from plugin.log import log
+from plugin.rtnl import Rtnl
 from plugin.state import Attachment, StateStore
 
 
@@ -56,8 +54,9 @@ def reconcile(conf: NetConf, dataplane: Dataplane) -> Report:
     for path, pid in states.temp_files():
         if not _alive(pid):
             path.unlink(missing_ok=True)
-    with IPRoute() as host:
-        links = {link.get_attr("IFLA_IFNAME"): link["index"] for link in host.get_links()}
+    with Rtnl() as host:
+        links = {link.name: link.index for link in host.links()}
+        host_routes = {(r.oif, r.dst) for r in host.routes()}
         for att in states.all():
             key = f"{att.container_id}/{att.ifname}"
             if not att.complete:
@@ -68,17 +67,13 @@ def reconcile(conf: NetConf, dataplane: Dataplane) -> Report:
             elif att.host_veth not in links:
                 _release(conf, att, states, dataplane)
                 report.released.append(key)
-            elif _repair(host, links[att.host_veth], att):
+            elif _repair(host, host_routes, links[att.host_veth], att):
                 report.repaired.append(key)
         known = _all_host_veths(Path(conf.state_dir))
         pattern = re.compile(rf"^{re.escape(conf.veth_prefix)}[0-9a-f]{{{VETH_HASH_CHARS}}}$")
         for name, index in links.items():
             if pattern.match(name) and name not in known:
-                try:
-                    host.link("del", index=index)
-                except NetlinkError as e:
-                    if e.code != errno.ENODEV:
-                        raise
+                wiring.ignore_gone(host.del_link, index)
                 report.leaked_links.append(name)
     log.info("reconcile done", extra={"report": vars(report)})
     return report
@@ -93,14 +88,13 @@ def _release(conf: NetConf, att: Attachment, states: StateStore,
     states.remove(att.container_id, att.ifname)
 
 
-def _repair(host: IPRoute, index: int, att: Attachment) -> bool:
+def _repair(host: Rtnl, host_routes: set[tuple[int | None, str]], index: int,
+            att: Attachment) -> bool:
     """Re-add missing host routes to the pod; True if anything was missing."""
-    have = {r.get_attr("RTA_DST") for r in host.get_routes(oif=index, table=254)}
-    missing = [ip.split("/")[0] for ip in att.ips if ip.split("/")[0] not in have]
-    for ip in missing:
-        plen = 128 if ":" in ip else 32
-        host.route("replace", dst=f"{ip}/{plen}", oif=index, scope=wiring.RT_SCOPE_LINK,
-                   proto=wiring.RTPROT_STATIC)
+    missing = [net for net in (wiring.host_net(ipaddress.ip_interface(ip).ip) for ip in att.ips)
+               if (index, str(net)) not in host_routes]
+    for net in missing:
+        host.add_route(net, index, wiring.RT_SCOPE_LINK, wiring.RTPROT_STATIC, replace=True)
     return bool(missing)
 
 

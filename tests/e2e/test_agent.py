@@ -305,6 +305,23 @@ def test_ferryd_start_reaps_pairs_a_killed_ferryd_left(node: Node) -> None:
         assert "bystander0" in node.ns.ip("link", "show")  # not in the group: not ours
 
 
+def test_ferryd_start_repairs_host_routes_and_deletes_leaked_veths(node: Node) -> None:
+    pod = node.add_pod("drifted")
+    veth = pod.result["interfaces"][0]["name"]  # type: ignore[index]
+    ip4, ip6 = pod.ips(4)[0], pod.ips(6)[0]
+    node.ns.ip("route", "del", f"{ip4}/32")
+    node.ns.ip("-6", "route", "del", f"{ip6}/128")
+    other = node.new_pod()
+    node.ns.ip("link", "add", "fry0123456789a", "type", "veth", "peer", "name", "x0", "netns",
+               other.ns.name)  # ferry's name pattern, no record: leaked
+    with Agent.running(node):
+        assert f"{ip4} dev {veth}" in node.ns.ip("route", "show")
+        assert f"{ip6} dev {veth}" in node.ns.ip("-6", "route", "show")
+        assert "fry0123456789a" not in node.ns.ip("link", "show")
+    assert ping(pod.ns, node.node_ip4)
+    node.cni("DEL", pod).ok()
+
+
 def _steady_flow(node: Node, pod: Pod) -> tuple[subprocess.Popen[str], subprocess.Popen[str]]:
     """An echo server in ext and a pod client sending 30 echoes over ~3 s on one connection
     (it prints "ok 30" if the connection lived through all of them)."""
