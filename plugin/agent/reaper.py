@@ -20,7 +20,6 @@ class LinkReaper:
         self._pending = threading.Event()
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="link-reaper", daemon=True)
-        self.batches = 0
 
     def start(self) -> None:
         """Delete what a previous ferryd left (before reconcile looks at the links), then
@@ -50,7 +49,6 @@ class LinkReaper:
 
     def _reap(self, nl: Rtnl) -> None:
         try:
-            if nl.del_group(wiring.REAP_GROUP):
-                self.batches += 1
+            nl.del_group(wiring.REAP_GROUP)
         except OSError:
             log.exception("link reaper: deleting the group failed")
