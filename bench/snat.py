@@ -31,7 +31,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ebpf_support import ebpf_node
+from dataplane_support import ebpf_node
 from harness import Netns, Node, uid
 
 from loader import pins

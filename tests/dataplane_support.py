@@ -96,22 +96,46 @@ def tc_show(ns: Netns, dev: str, direction: str) -> str:
     return ns.run("tc", "filter", "show", "dev", dev, direction, check=False)
 
 
-def link_stats(ns: Netns, dev: str) -> dict[str, int]:
-    data = json.loads(ns.ip("-s", "-j", "link", "show", "dev", dev))
-    s = data[0]["stats64"]
-    return {"rx": s["rx"]["packets"], "tx": s["tx"]["packets"]}
-
-
-# A server for the ext namespace: prints "ready", then "<ip> <port>" per flow it sees
+# A server for the ext namespace: prints "ready", then "<ip> <port> <device>" per flow it sees
 # (TCP: per accepted connection, echoing; UDP: per datagram, echoing; ICMP: per echo
 # request seen on a raw socket, the id as port; the kernel answers the ping itself).
-# The family follows the address: "0.0.0.0" or "::" for ICMP.
+# <device> is the link the flow's first packet came in on, from a packet socket: the kernel
+# queues a packet to packet sockets before the IP layer, so it is there by the time
+# accept/recv return it. The family follows the address: "0.0.0.0" or "::" for ICMP.
 RECORDER = r"""
 import socket, sys, threading
 mode, ip, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
 fam = socket.AF_INET6 if ":" in ip else socket.AF_INET
+cap = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(3))  # ETH_P_ALL
+cap.setsockopt(socket.SOL_SOCKET, 33, 8 << 20)  # SO_RCVBUFFORCE
+cap.setblocking(False)
+want = {"tcp": 6, "udp": 17}.get(mode, 1 if fam == socket.AF_INET else 58)
+first_dev = {}  # (source address, source port or echo id) -> device
+def capture():
+    while True:
+        try:
+            pkt, (dev, ethertype, pkttype, *_) = cap.recvfrom(128)
+        except BlockingIOError:
+            return
+        if pkttype == socket.PACKET_OUTGOING:
+            continue
+        if ethertype == 0x0800 and len(pkt) >= 20:
+            proto, l4 = pkt[9], pkt[(pkt[0] & 15) * 4:]
+            src = socket.inet_ntop(socket.AF_INET, pkt[12:16])
+        elif ethertype == 0x86DD and len(pkt) >= 40:
+            proto, l4 = pkt[6], pkt[40:]
+            src = socket.inet_ntop(socket.AF_INET6, pkt[8:24])
+        else:
+            continue
+        if proto != want or len(l4) < 8:
+            continue
+        if want in (6, 17):
+            first_dev.setdefault((src, int.from_bytes(l4[0:2], "big")), dev)
+        elif l4[0] in (8, 128):
+            first_dev.setdefault((src, int.from_bytes(l4[4:6], "big")), dev)
 def out(a, p):
-    sys.stdout.write(f"{a} {p}\n"); sys.stdout.flush()
+    capture()
+    sys.stdout.write(f"{a} {p} {first_dev.get((a, p), '?')}\n"); sys.stdout.flush()
 if mode == "tcp":
     s = socket.socket(fam); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind((ip, port)); s.listen(1024); print("ready", flush=True)
@@ -177,15 +201,21 @@ def recorder(ns: Netns, mode: str, ip: str, port: int = 0) -> Iterator[subproces
         proc.wait()
 
 
-def seen(proc: subprocess.Popen, count: int) -> list[tuple[str, int]]:
-    """The next `count` records of a recorder (blocks until they arrive)."""
+def arrivals(proc: subprocess.Popen, count: int) -> list[tuple[str, int, str]]:
+    """The next `count` records of a recorder, (source, port, device it came in on); blocks
+    until they arrive."""
     assert proc.stdout is not None
     out = []
     for _ in range(count):
         line = proc.stdout.readline().split()
         assert line, "recorder ended early"
-        out.append((line[0], int(line[1])))
+        out.append((line[0], int(line[1]), line[2]))
     return out
+
+
+def seen(proc: subprocess.Popen, count: int) -> list[tuple[str, int]]:
+    """The next `count` (source, port) records of a recorder."""
+    return [(src, port) for src, port, _ in arrivals(proc, count)]
 
 
 def client(ns: Netns, mode: str, ip: str, port: int, flows: int = 1) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 
-from ebpf_support import ebpf_node
+from dataplane_support import ebpf_node
 from harness import Node
 
 
