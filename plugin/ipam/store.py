@@ -13,7 +13,7 @@ import contextlib
 import fcntl
 import ipaddress
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from plugin.protocol import Address
@@ -57,19 +57,18 @@ class Store:
         with contextlib.suppress(FileNotFoundError):
             (self.dir / str(ip)).unlink()
 
-    def reservations(self) -> dict[Address, tuple[str, str]]:
-        """Every reserved IP with its (container id, ifname); ifname is '' for old files."""
-        out: dict[Address, tuple[str, str]] = {}
+    def _files(self) -> Iterator[tuple[str, str, str]]:
+        """(file name, container id, ifname) of every reservation file, the name unparsed:
+        parsing a name as an IP costs more than reading the file, so callers parse only the
+        names they keep. os, not pathlib: this runs per ADD and DEL."""
         try:
-            entries = os.scandir(self.dir)  # os, not pathlib: this runs per ADD and DEL
+            entries = os.scandir(self.dir)
         except FileNotFoundError:
-            return out
+            return
         with entries:
             for entry in entries:
-                try:
-                    ip = ipaddress.ip_address(entry.name)
-                except ValueError:
-                    continue  # lock, last_reserved_ip.N
+                if entry.name == "lock" or entry.name.startswith(LAST_RESERVED):
+                    continue
                 try:
                     fd = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC)
                 except FileNotFoundError:
@@ -79,26 +78,40 @@ class Store:
                 finally:
                     os.close(fd)
                 owner, _, ifname = data.decode().partition(LINE_BREAK)
-                out[ip] = (owner.strip(), ifname.strip())
-        return out
+                yield entry.name, owner.strip(), ifname.strip()
+
+    def reservations(self) -> dict[Address, tuple[str, str]]:
+        """Every reserved IP with its (container id, ifname); ifname is '' for old files."""
+        return {ip: (owner, ifname) for name, owner, ifname in self._files()
+                if (ip := _ip(name)) is not None}
 
     def owned_by(self, container_id: str, ifname: str) -> list[Address]:
         """IPs held by this attachment. Old id-only files match any ifname, as host-local does."""
-        return sorted(
-            (ip for ip, (owner, ifn) in self.reservations().items()
-             if owner == container_id and ifn in (ifname, "")),
-            key=lambda a: (a.version, a),
-        )
+        return _ips(name for name, owner, ifn in self._files()
+                    if owner == container_id and ifn in (ifname, ""))
 
     def release_owned_by(self, container_id: str, ifname: str) -> list[Address]:
         """Release this attachment's IPs. As host-local's ReleaseByID, old id-only files are a
         fallback, released only when no file names `ifname`: such a file may belong to another
         interface of the same container, which still uses it."""
-        held = self.reservations()
-        ips = sorted((ip for ip, (owner, ifn) in held.items()
-                      if owner == container_id and ifn == ifname), key=lambda a: (a.version, a))
-        if not ips:
-            ips = self.owned_by(container_id, ifname)
+        exact: list[str] = []
+        id_only: list[str] = []
+        for name, owner, ifn in self._files():
+            if owner == container_id and ifn in (ifname, ""):
+                (exact if ifn else id_only).append(name)
+        ips = _ips(exact or id_only)
         for ip in ips:
             self.release(ip)
         return ips
+
+
+def _ip(name: str) -> Address | None:
+    try:
+        return ipaddress.ip_address(name)
+    except ValueError:
+        return None  # not a reservation (a stray file)
+
+
+def _ips(names: Iterable[str]) -> list[Address]:
+    return sorted((ip for name in names if (ip := _ip(name)) is not None),
+                  key=lambda a: (a.version, a))
