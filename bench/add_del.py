@@ -55,9 +55,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -606,19 +605,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-@contextmanager
-def terminate_as_interrupt() -> Iterator[None]:
-    """SIGTERM unwinds like Ctrl-C, so that the finally blocks clean up."""
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if os.geteuid() != 0:
@@ -641,49 +627,50 @@ def main(argv: list[str] | None = None) -> int:
 
     node = Node()
     started: list[Mode] = []
-    with terminate_as_interrupt():
-        try:
-            node.create()
-            for mode in modes:
-                started.append(mode)  # first: stop() also undoes a half-done start()
-                mode.start(node, args.dual)
-            bench = Bench(node, args.dual)
-            seq = sequential(bench, modes, args.iterations, args.warmup, progress)
-            par: dict[str, ParallelRun] = {}
-            for mode in modes:
-                progress(f"parallel {mode.label}")
-                par[mode.key] = parallel(bench, mode, args.pods, args.parallel)
-            agents = [m for m in modes if isinstance(m, FerryWithAgent)]
-            memory = None
-            if agents and args.memory_pods:
-                progress(f"ferryd memory with {args.memory_pods} pods")
-                memory = agent_memory(bench, agents[0], args.memory_pods, args.parallel)
-            for mode in modes:
-                mode.verify(node)
-            if sys.stderr.isatty():
-                print("\r\033[K", end="", file=sys.stderr, flush=True)
-            report(args, modes, skipped, seq, par)
-            if memory:
-                print(f"\nferryd resident memory: idle {memory[0] / 1024:.1f} MiB, with "
-                      f"{args.memory_pods} pods attached {memory[1] / 1024:.1f} MiB")
-            return 0
-        except BenchError as e:
-            print(f"\nadd_del.py: FAILED: {e}", file=sys.stderr)
-            for log in [*sorted(node.work.glob("ferry*.log")), node.work / "ferryd.err"]:
-                tail = log.read_text().splitlines()[-5:] if log.exists() else []
-                if tail:
-                    print(f"{log.name} (last lines):\n  " + "\n  ".join(tail), file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            print("\nadd_del.py: interrupted, cleaning up", file=sys.stderr)
-            return 130
-        finally:
-            for mode in reversed(started):
-                try:
-                    mode.stop(node)
-                except Exception as e:  # keep cleaning up
-                    print(f"add_del.py: stopping {mode.label}: {e}", file=sys.stderr)
-            node.cleanup()
+    # SIGTERM unwinds like Ctrl-C, so that the finally blocks clean up.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        node.create()
+        for mode in modes:
+            started.append(mode)  # first: stop() also undoes a half-done start()
+            mode.start(node, args.dual)
+        bench = Bench(node, args.dual)
+        seq = sequential(bench, modes, args.iterations, args.warmup, progress)
+        par: dict[str, ParallelRun] = {}
+        for mode in modes:
+            progress(f"parallel {mode.label}")
+            par[mode.key] = parallel(bench, mode, args.pods, args.parallel)
+        agents = [m for m in modes if isinstance(m, FerryWithAgent)]
+        memory = None
+        if agents and args.memory_pods:
+            progress(f"ferryd memory with {args.memory_pods} pods")
+            memory = agent_memory(bench, agents[0], args.memory_pods, args.parallel)
+        for mode in modes:
+            mode.verify(node)
+        if sys.stderr.isatty():
+            print("\r\033[K", end="", file=sys.stderr, flush=True)
+        report(args, modes, skipped, seq, par)
+        if memory:
+            print(f"\nferryd resident memory: idle {memory[0] / 1024:.1f} MiB, with "
+                  f"{args.memory_pods} pods attached {memory[1] / 1024:.1f} MiB")
+        return 0
+    except BenchError as e:
+        print(f"\nadd_del.py: FAILED: {e}", file=sys.stderr)
+        for log in [*sorted(node.work.glob("ferry*.log")), node.work / "ferryd.err"]:
+            tail = log.read_text().splitlines()[-5:] if log.exists() else []
+            if tail:
+                print(f"{log.name} (last lines):\n  " + "\n  ".join(tail), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nadd_del.py: interrupted, cleaning up", file=sys.stderr)
+        return 130
+    finally:
+        for mode in reversed(started):
+            try:
+                mode.stop(node)
+            except Exception as e:  # keep cleaning up
+                print(f"add_del.py: stopping {mode.label}: {e}", file=sys.stderr)
+        node.cleanup()
 
 
 if __name__ == "__main__":

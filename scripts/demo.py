@@ -34,8 +34,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -640,18 +639,6 @@ STEPS: list[Step] = [
 # --- main ---------------------------------------------------------------------------------------
 
 
-@contextmanager
-def terminate_as_interrupt() -> Iterator[None]:
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def preflight() -> list[str]:
     problems = []
     if os.geteuid() != 0:
@@ -677,26 +664,27 @@ def main(argv: list[str] | None = None) -> int:
     print(f"ferry demo: a simulated node (suffix {demo.suffix}), {len(POD_NAMES)} dual-stack "
           "pods, the real CNI binary")
     aborted: str | None = None
-    with terminate_as_interrupt():
-        try:
-            for n, step in enumerate(STEPS, 1):
-                if aborted and not step.always:
-                    continue
-                print(f"\n[{n}] {step.title}")
-                try:
-                    step.run(demo)
-                except Abort as e:
-                    aborted = str(e)
-                    demo.check(False, f"{step.title}: aborted", aborted)
-        except KeyboardInterrupt:
-            print("\ninterrupted: cleaning up", file=sys.stderr)
-            return 130
-        finally:
-            log = demo.work / "ferry.log"
-            if demo.failures and log.exists():
-                print("\nferry log (last 5 lines):")
-                print(indent("\n".join(log.read_text().splitlines()[-5:]), 2))
-            demo.cleanup()
+    # SIGTERM unwinds like Ctrl-C, so that the finally blocks clean up.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        for n, step in enumerate(STEPS, 1):
+            if aborted and not step.always:
+                continue
+            print(f"\n[{n}] {step.title}")
+            try:
+                step.run(demo)
+            except Abort as e:
+                aborted = str(e)
+                demo.check(False, f"{step.title}: aborted", aborted)
+    except KeyboardInterrupt:
+        print("\ninterrupted: cleaning up", file=sys.stderr)
+        return 130
+    finally:
+        log = demo.work / "ferry.log"
+        if demo.failures and log.exists():
+            print("\nferry log (last 5 lines):")
+            print(indent("\n".join(log.read_text().splitlines()[-5:]), 2))
+        demo.cleanup()
     if demo.failures:
         print(f"\nFAILED: {len(demo.failures)} check(s):")
         print(indent("\n".join(demo.failures), 2))

@@ -24,10 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness import Netns, Node, uid
+from harness import Netns, Node, sh, uid
 
 FERRYCTL = str(Path(sys.executable).parent / "ferryctl")
 MODES = ("ebpf", "iptables")
+ENI_NODE, ENI_GW = "10.98.0.2", "10.98.0.1"
 
 
 @dataclass
@@ -90,6 +91,17 @@ def ebpf_node(ext_routes_pods: bool = False, load: bool = True,
 
 
 EbpfNode = DataplaneNode
+
+
+def add_eni(node: Node) -> None:
+    """A branch ENI for pod-ENI tests: a second veth from the node, `eni1` (ENI_NODE), to the
+    ext namespace, `vpc1` (ENI_GW, the VPC's side)."""
+    sh("ip", "link", "add", "eni1", "netns", node.ns.name, "type", "veth", "peer", "name",
+       "vpc1", "netns", node.ext.name)
+    node.ns.ip("addr", "add", f"{ENI_NODE}/24", "dev", "eni1")
+    node.ext.ip("addr", "add", f"{ENI_GW}/24", "dev", "vpc1")
+    node.ns.ip("link", "set", "eni1", "up")
+    node.ext.ip("link", "set", "vpc1", "up")
 
 
 def tc_show(ns: Netns, dev: str, direction: str) -> str:

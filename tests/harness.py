@@ -8,6 +8,7 @@ name carries a random suffix so that parallel runs on one machine never collide.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import secrets
@@ -213,6 +214,11 @@ class Node:
             "files": "\n".join(files),
         }
 
+    def pod_links(self) -> list[str]:
+        """The node's host veths (ferry names them fry<hash>), sorted."""
+        links = json.loads(self.ns.ip("-j", "link", "show"))
+        return sorted(link["ifname"] for link in links if link["ifname"].startswith("fry"))
+
     def cleanup(self) -> None:
         for pod in self.pods:
             pod.ns.delete()
@@ -224,6 +230,17 @@ class Node:
         shutil.rmtree(f"/sys/fs/bpf/ferry/{self.network}", ignore_errors=True)
         with contextlib.suppress(OSError):
             os.rmdir("/sys/fs/bpf/ferry")  # the default root, when no other network uses it
+
+
+def reservation_files(net_dir: Path) -> dict[str, bytes]:
+    """The reservation files of a host-local dataDir network dir (ferry's or the reference
+    plugin's), by IP, with their contents."""
+    out = {}
+    for p in sorted(net_dir.iterdir()) if net_dir.is_dir() else []:
+        with contextlib.suppress(ValueError):
+            ipaddress.ip_address(p.name)
+            out[p.name] = p.read_bytes()
+    return out
 
 
 def wait_settled(ns: Netns, timeout: float = 5.0) -> None:

@@ -8,10 +8,16 @@ import json
 import os
 
 import pytest
-from dataplane_support import client, dataplane_node, netfilter_state, recorder, seen
-from harness import Netns, sh
-
-ENI_NODE, ENI_GW = "10.98.0.2", "10.98.0.1"
+from dataplane_support import (
+    ENI_GW,
+    add_eni,
+    client,
+    dataplane_node,
+    netfilter_state,
+    recorder,
+    seen,
+)
+from harness import Netns
 
 
 def _chains(ns: Netns) -> str:
@@ -61,10 +67,7 @@ def test_del_and_unload_restore_netfilter_and_rules_byte_for_byte(backend: str) 
                    "-j", "RETURN")
             ns.run("ip6tables-legacy", "-t", "nat", "-A", "POSTROUTING", "-d", "fd55::/16",
                    "-j", "RETURN")
-        sh("ip", "link", "add", "eni1", "netns", ns.name, "type", "veth", "peer", "name",
-           "vpc1", "netns", dp.node.ext.name)
-        ns.ip("addr", "add", f"{ENI_NODE}/24", "dev", "eni1")
-        ns.ip("link", "set", "eni1", "up")
+        add_eni(dp.node)
         before_load = netfilter_state(ns)
         assert dp.load()["backend"] == backend
         before_add = netfilter_state(ns)

@@ -7,10 +7,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from dataplane_support import MODES, DataplaneNode, arrivals, dataplane_node, recorder
-from harness import Netns, sh
+from dataplane_support import (
+    ENI_GW,
+    ENI_NODE,
+    MODES,
+    DataplaneNode,
+    add_eni,
+    arrivals,
+    dataplane_node,
+    recorder,
+)
+from harness import Netns
 
-ENI_NODE, ENI_GW = "10.98.0.2", "10.98.0.1"
 EXCLUDED = "10.97.0.2"
 LOW, HIGH = 61000, 65535
 
@@ -76,12 +84,7 @@ def _run(mode: str) -> dict[str, dict[str, Any]]:
         node = dp.node
         node.ext.ip("addr", "add", f"{EXCLUDED}/32", "dev", "ext0")
         node.ns.ip("route", "add", "10.97.0.0/24", "via", node.ext_ip4)
-        sh("ip", "link", "add", "eni1", "netns", node.ns.name, "type", "veth", "peer", "name",
-           "vpc1", "netns", node.ext.name)
-        node.ns.ip("addr", "add", f"{ENI_NODE}/24", "dev", "eni1")
-        node.ext.ip("addr", "add", f"{ENI_GW}/24", "dev", "vpc1")
-        node.ns.ip("link", "set", "eni1", "up")
-        node.ext.ip("link", "set", "vpc1", "up")
+        add_eni(node)
         a, b = dp.add_pod("pod-a"), dp.add_pod("pod-b")
         eni = dp.add_pod("pod-eni", runtimeConfig={"podENI": {"device": "eni1",
                                                               "gateway": ENI_GW}})

@@ -9,29 +9,25 @@ from collections.abc import Iterator
 
 import pytest
 from dataplane_support import (
+    ENI_GW,
+    ENI_NODE,
     MODES,
     DataplaneNode,
+    add_eni,
     arrivals,
     client,
     dataplane_node,
     recorder,
     tc_show,
 )
-from harness import ping, sh
-
-ENI_NODE, ENI_GW = "10.98.0.2", "10.98.0.1"
+from harness import ping
 
 
 @pytest.fixture(params=MODES)
 def en(request: pytest.FixtureRequest) -> Iterator[DataplaneNode]:
     with dataplane_node(request.param) as n:
         node = n.node
-        sh("ip", "link", "add", "eni1", "netns", node.ns.name, "type", "veth", "peer", "name",
-           "vpc1", "netns", node.ext.name)
-        node.ns.ip("addr", "add", f"{ENI_NODE}/24", "dev", "eni1")
-        node.ext.ip("addr", "add", f"{ENI_GW}/24", "dev", "vpc1")
-        node.ns.ip("link", "set", "eni1", "up")
-        node.ext.ip("link", "set", "vpc1", "up")
+        add_eni(node)
         yield n
 
 

@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import time
@@ -32,6 +31,7 @@ from harness import (
     Pod,
     exec_plugin,
     ping,
+    reservation_files,
 )
 
 pytestmark = pytest.mark.skipif(
@@ -69,15 +69,7 @@ def add(plugin: str, cid: str, data_dir: Path, **kw: Any) -> list[str]:
 
 
 def ip_files(data_dir: Path) -> dict[str, bytes]:
-    d = data_dir / NET
-    out = {}
-    for p in sorted(d.iterdir()) if d.is_dir() else []:
-        try:
-            ipaddress.ip_address(p.name)
-        except ValueError:
-            continue
-        out[p.name] = p.read_bytes()
-    return out
+    return reservation_files(data_dir / NET)
 
 
 def cursors(data_dir: Path) -> tuple[str, str]:
@@ -212,23 +204,7 @@ def ips_of(result: dict[str, Any]) -> list[str]:
 
 
 def node_files(node: Node) -> dict[str, bytes]:
-    return ip_files_of(node.tmp / "ipam" / node.network)
-
-
-def ip_files_of(d: Path) -> dict[str, bytes]:
-    out = {}
-    for p in d.iterdir() if d.is_dir() else []:
-        try:
-            ipaddress.ip_address(p.name)
-        except ValueError:
-            continue
-        out[p.name] = p.read_bytes()
-    return out
-
-
-def fry_links(node: Node) -> list[str]:
-    return sorted(link["ifname"] for link in json.loads(node.ns.ip("-j", "link", "show"))
-                  if link["ifname"].startswith("fry"))
+    return reservation_files(node.tmp / "ipam" / node.network)
 
 
 def test_ferry_and_reference_host_local_side_by_side(node: Node) -> None:
@@ -268,7 +244,7 @@ def test_ferry_and_reference_host_local_side_by_side(node: Node) -> None:
     node.cni("DEL", a, conf).ok()
     assert node_files(node) == expected
     assert b.result is not None
-    assert fry_links(node) == [b.result["interfaces"][0]["name"]]
+    assert node.pod_links() == [b.result["interfaces"][0]["name"]]
     # The ferry binary releases what the reference host-local reserved.
     exec_plugin(FERRY, "DEL", conf, node=node.ns, container_id="ctr-ipam-only").ok()
     del expected["10.20.0.5"], expected["fd20::5"]
@@ -282,7 +258,7 @@ def test_ferry_and_reference_host_local_side_by_side(node: Node) -> None:
     assert ping(c.ns, node.node_ip4) and ping(b.ns, c.ips(4)[0]) and ping(c.ns, b.ips(6)[0])
     for pod in (b, c):
         node.cni("DEL", pod, conf).ok()
-    assert node_files(node) == {} and fry_links(node) == []
+    assert node_files(node) == {} and node.pod_links() == []
 
 
 def test_reference_ptp_with_ferry_host_local(node: Node) -> None:
@@ -353,7 +329,7 @@ def test_ferry_delegates_to_static_ipam(node: Node, static_path: Path) -> None:
     check = node.cni("CHECK", pod, {**conf, "prevResult": pod.result}, path=str(static_path))
     check.ok()
     node.cni("DEL", pod, conf, path=str(static_path)).ok()
-    assert fry_links(node) == []
+    assert node.pod_links() == []
     assert list((node.tmp / "state").rglob("*.json")) == []
 
 

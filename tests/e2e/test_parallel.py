@@ -17,7 +17,16 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from harness import FERRY_IPAM, REF_HOST_LOCAL, CniCall, Node, Pod, exec_plugin, ping
+from harness import (
+    FERRY_IPAM,
+    REF_HOST_LOCAL,
+    CniCall,
+    Node,
+    Pod,
+    exec_plugin,
+    ping,
+    reservation_files,
+)
 
 N_PODS = 50
 T = TypeVar("T")
@@ -27,24 +36,6 @@ R = TypeVar("R")
 def pmap(fn: Callable[[T], R], items: list[T], workers: int | None = None) -> list[R]:
     with ThreadPoolExecutor(max_workers=workers or len(items)) as pool:
         return list(pool.map(fn, items))
-
-
-def ip_files(data_dir: Path) -> dict[str, bytes]:
-    """The reservation files of a host-local dataDir network dir, by IP."""
-    out = {}
-    if data_dir.is_dir():
-        for p in data_dir.iterdir():
-            try:
-                ipaddress.ip_address(p.name)
-            except ValueError:
-                continue
-            out[p.name] = p.read_bytes()
-    return out
-
-
-def fry_links(node: Node) -> list[str]:
-    links = json.loads(node.ns.ip("-j", "link", "show"))
-    return sorted(link["ifname"] for link in links if link["ifname"].startswith("fry"))
 
 
 def expected_veth(pod: Pod) -> str:
@@ -78,14 +69,14 @@ def test_50_pods_add_and_del_in_parallel(node: Node) -> None:
     assert all(ipaddress.ip_address(ip) in ipaddress.ip_network(node.pod_cidr6) for ip in v6)
 
     # The dataDir: one file per IP, naming the pod that the result gave it to.
-    files = ip_files(ipam_dir)
+    files = reservation_files(ipam_dir)
     assert len(files) == 2 * N_PODS
     for pod in pods:
         for ip in pod.ips(4) + pod.ips(6):
             assert files[str(ipaddress.ip_address(ip))] == f"{pod.container_id}\r\neth0".encode()
 
     # The host side: 50 veths with the deterministic names; the pod side holds its addresses.
-    assert fry_links(node) == sorted(expected_veth(p) for p in pods)
+    assert node.pod_links() == sorted(expected_veth(p) for p in pods)
     assert len(list(state_dir.glob("*.json"))) == N_PODS
     for pod in pods:
         assert eth0_addrs(pod) == set(pod.ips(4) + pod.ips(6)), pod.name
@@ -103,8 +94,8 @@ def test_50_pods_add_and_del_in_parallel(node: Node) -> None:
     for call in dels:
         call.ok()
 
-    assert ip_files(ipam_dir) == {}
-    assert fry_links(node) == []
+    assert reservation_files(ipam_dir) == {}
+    assert node.pod_links() == []
     assert list(state_dir.glob("*.json")) == []
     assert [p.name for p in pods if not eth0_gone(p)] == [], "DEL must remove the pod side"
     print(f"\n[parallel] {N_PODS} ADDs {add_s:.2f}s, {2 * N_PODS} pings {ping_s:.2f}s, "
@@ -142,7 +133,7 @@ def run_race(tmp_path: Path, per_plugin: int) -> tuple[dict[str, CniCall], dict[
     calls = pmap(lambda job: ipam_add(tmp_path, *job), jobs)
     print(f"\n[race] {len(jobs)} IPAM ADDs in {time.monotonic() - started:.2f}s")
     return ({cid: call for (_, cid), call in zip(jobs, calls, strict=True)},
-            ip_files(tmp_path / "race"))
+            reservation_files(tmp_path / "race"))
 
 
 def addresses(call: CniCall) -> list[str]:
