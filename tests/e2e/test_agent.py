@@ -94,7 +94,11 @@ def test_sigkill_during_add_burst_then_reconcile(node: Node) -> None:
     for t in threads:
         t.start()
         time.sleep(0.01)
-    time.sleep(0.3)
+    # Kill once an ADD has succeeded (not after a fixed time: a loaded machine is slower);
+    # the ADDs started last are still in flight then.
+    deadline = time.monotonic() + 60
+    while not any(r.rc == 0 for r in list(results.values())) and time.monotonic() < deadline:
+        time.sleep(0.005)
     assert agent.proc is not None
     agent.proc.kill()
     for t in threads:
@@ -103,6 +107,7 @@ def test_sigkill_during_add_burst_then_reconcile(node: Node) -> None:
     ok = [p for p in pods if results[p.name].rc == 0]
     failed = [p for p in pods if results[p.name].rc != 0]
     assert ok, "no ADD finished before the kill: the test did not test anything"
+    assert failed, "every ADD finished before the kill: the test did not test anything"
     for i, pod in enumerate(failed):
         if i % 2 == 0:
             node.cni("DEL", pod, agent.conf).ok()  # falls back to standalone: ferryd is dead

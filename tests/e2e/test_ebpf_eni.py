@@ -64,9 +64,8 @@ def test_pod_eni_sends_and_receives_through_its_device(en: DataplaneNode) -> Non
     assert info["redirects"] == [] and pod_ip not in [p["ip"] for p in info["pods"]]
 
 
+@pytest.mark.parametrize("en", ["ebpf"], indirect=True)  # the tc filters are eBPF's
 def test_ebpf_pod_eni_filters_come_and_go(en: DataplaneNode) -> None:
-    if en.mode != "ebpf":
-        pytest.skip("tc filters are the eBPF redirect's")
     node = en.node
     pod = en.add_pod("branch-tc", runtimeConfig={"podENI": {"device": "eni1",
                                                            "gateway": ENI_GW}})
