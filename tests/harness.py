@@ -201,8 +201,10 @@ class Node:
 
     def snapshot(self) -> dict[str, str]:
         """What a failed or rejected request must leave unchanged on the node. Taken once
-        ferryd's reaper has removed the veth pairs that DELs handed to it."""
+        ferryd's reaper has removed the veth pairs that DELs handed to it, and once IPv6 DAD
+        has finished on the node's links (it adds local routes when it does)."""
         wait_reaped(self.ns)
+        wait_settled(self.ns)
         files = sorted(str(p.relative_to(self.tmp)) for p in self.tmp.rglob("*")
                        if "log" not in p.parts)
         return {

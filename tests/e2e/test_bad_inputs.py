@@ -41,7 +41,6 @@ class Busy:
 
 def in_service(node: Node) -> Busy:
     base = node.add_pod("baseline", conf=node.conf(VERSION))
-    wait_settled(node.ns)
     return Busy(node, base, node.snapshot())
 
 
@@ -313,7 +312,6 @@ def test_ipam_exhausted_keeps_the_first_pod(node: Node) -> None:
     conf = node.conf(VERSION, ipam={"ranges": [[{"subnet": "10.20.0.0/30"}]]})
     first = node.add_pod("only-one", conf=conf)
     assert first.ips(4) == ["10.20.0.2"] and first.ips(6) == []
-    wait_settled(node.ns)
     before = node.snapshot()
     second = node.new_pod()
     call = node.cni("ADD", second, conf)

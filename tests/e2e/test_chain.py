@@ -14,7 +14,6 @@ from harness import (
     ping,
     snapshot_diff,
     tcp_roundtrip,
-    wait_settled,
 )
 
 TUNING_VERSIONS = ["0.4.0", "1.0.0"]  # CHECK needs 0.4.0; the reference tuning stops at 1.0.0
@@ -37,7 +36,6 @@ def in_service(node: Node) -> tuple[Pod, dict[str, str]]:
     """A node already running a pod of this network (forwarding on, IPAM and state dirs
     there), and its snapshot: what a chain's ADD then DEL must leave exactly as it was."""
     base = node.add_pod("baseline")
-    wait_settled(node.ns)
     return base, node.snapshot()
 
 

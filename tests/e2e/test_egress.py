@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from chain_runtime import Runtime
 from dataplane_support import MODES, DataplaneNode, dataplane_node
-from harness import FERRY, Node, Pod, exec_plugin, snapshot_diff, tcp_roundtrip, wait_settled
+from harness import FERRY, Node, Pod, exec_plugin, snapshot_diff, tcp_roundtrip
 
 EGRESS = FERRY.replace("/ferry", "/ferry-egress")
 RANGES = {4: "169.254.172.0/22", 6: "fd00::ac:0/118"}
@@ -113,7 +113,6 @@ def in_service(c: Chain) -> tuple[Pod, dict[str, str]]:
     base = c.node.new_pod("baseline")
     c.rt.add(base)
     assert_egress_works(c, base)
-    wait_settled(c.node.ns)
     return base, c.snapshot()
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import FERRY, Node, Pod, exec_plugin, ping, wait_settled
+from harness import FERRY, Node, Pod, exec_plugin, ping
 
 SUPPORTED = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]
 LEGACY = {"0.3.0", "0.3.1", "0.4.0"}  # ips carry "version"
@@ -22,7 +22,6 @@ def vt(version: str) -> tuple[int, ...]:
 
 
 def snapshot(node: Node) -> dict[str, str]:
-    wait_settled(node.ns)
     return node.snapshot()
 
 
