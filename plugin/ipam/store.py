@@ -67,7 +67,8 @@ class Store:
             return
         with entries:
             for entry in entries:
-                if entry.name == "lock" or entry.name.startswith(LAST_RESERVED):
+                if (entry.name == "lock" or entry.name.startswith(LAST_RESERVED)
+                        or not entry.is_file(follow_symlinks=False)):
                     continue
                 try:
                     fd = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC)

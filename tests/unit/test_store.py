@@ -178,3 +178,10 @@ def test_locked_waits_for_another_process_flock(store: Store) -> None:
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_directory_in_the_network_dir_is_not_a_reservation(store: Store) -> None:
+    assert store.reserve(ipaddress.ip_address("10.1.2.3"), "c1", "eth0", 0)
+    (store.dir / "10.1.2.4").mkdir()
+    assert list(store.reservations()) == [ipaddress.ip_address("10.1.2.3")]
+    assert store.release_owned_by("c9", "eth0") == []
