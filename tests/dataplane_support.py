@@ -90,7 +90,6 @@ def ebpf_node(ext_routes_pods: bool = False, load: bool = True,
     return dataplane_node("ebpf", ext_routes_pods=ext_routes_pods, load=load, **overrides)
 
 
-
 def add_eni(node: Node) -> None:
     """A branch ENI for pod-ENI tests: a second veth from the node, `eni1` (ENI_NODE), to the
     ext namespace, `vpc1` (ENI_GW, the VPC's side)."""
