@@ -41,24 +41,27 @@ fi
 .venv/bin/python -m pip install -q -e '.[test]'
 
 # The runtime looks for plugins in CNI_PATH; install ours next to the reference ones.
-mkdir -p /opt/cni/bin
+# FERRY_CNI_BIN (default /opt/cni/bin) lets a second checkout keep its binaries apart; the
+# tests read the same directory from FERRY_CNI_PATH.
+bin_dir=${FERRY_CNI_BIN:-/opt/cni/bin}
+mkdir -p "$bin_dir"
 # Launchers rather than pip's console scripts: `-IS` (isolated, no site) keeps the interpreter start-up to the
 # minimum on the relay hot path; the code loads the venv's site-packages only when needed.
 write_launcher() {  # <binary name> <module with main()>
-    rm -f "/opt/cni/bin/$1"
-    cat > "/opt/cni/bin/$1" <<EOF
+    rm -f "$bin_dir/$1"
+    cat > "$bin_dir/$1" <<EOF
 #!$PWD/.venv/bin/python -IS
 import sys
 sys.path.insert(0, "$PWD")
 from $2 import main
 main()
 EOF
-    chmod 755 "/opt/cni/bin/$1"
+    chmod 755 "$bin_dir/$1"
 }
 write_launcher ferry plugin.cli
 write_launcher ferry-host-local plugin.ipam.cli
 write_launcher ferry-egress plugin.egress.cli
 for ref in /usr/lib/cni/*; do
-    [[ -e /opt/cni/bin/$(basename "$ref") ]] || ln -s "$ref" /opt/cni/bin/
+    [[ -e $bin_dir/$(basename "$ref") ]] || ln -s "$ref" "$bin_dir/"
 done
-echo "ferry set-up done: $(.venv/bin/python --version), binaries in /opt/cni/bin"
+echo "ferry set-up done: $(.venv/bin/python --version), binaries in $bin_dir"
