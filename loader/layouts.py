@@ -21,7 +21,25 @@ from dataclasses import dataclass
 # --- flags and constants shared by C and Python ------------------------------------------------
 
 EP_F_POD_ENI = 1  # the endpoint sends through its own device: never SNAT it
-CONSTANTS = {"EP_F_POD_ENI": EP_F_POD_ENI, "NAT_RETRIES": 128, "ETH_HLEN": 14}
+# TCP state of a NAT flow, per direction (nat_entry.tcp_out / tcp_in of the reverse entry).
+TCP_FIN, TCP_RST = 1, 2
+# randomizeSNAT in nat_config.randomize.
+RANDOMIZE = {"prng": 0, "hashrandom": 1, "none": 2}
+# The per-CPU counters of ferry_stats, by index (bpf/snat.c counts them, ferryd exports them).
+STATS = ("xlate_eg4", "xlate_in4", "xlate_eg6", "xlate_in6", "alloc_fail4", "alloc_fail6",
+         "reused_closed", "icmp_error", "fragment", "drop_rewrite", "drop_fragment",
+         "no_mapping")
+CONSTANTS = {"EP_F_POD_ENI": EP_F_POD_ENI, "NAT_RETRIES": 128, "ETH_HLEN": 14,
+             "TCP_FIN": TCP_FIN, "TCP_RST": TCP_RST,
+             **{f"SNAT_{k.upper()}": v for k, v in RANDOMIZE.items()},
+             # last_used is rewritten at most once a second per entry (Cilium's throttle)
+             "NAT_TOUCH_NS": 1_000_000_000,
+             # a closed TCP flow's port goes to a new flow once its last ACK had time to pass
+             "NAT_REUSE_NS": 1_000_000_000,
+             **{f"STAT_{name.upper()}": i for i, name in enumerate(STATS)},
+             "STAT_COUNT": len(STATS)}
+# Overridable by a -D compile flag: the eBPF load passes natMaxEntries.
+DEFAULTS = {"FERRY_NAT_MAX": 65536}
 
 
 class _Struct(ct.Structure):
@@ -69,7 +87,8 @@ class NatConfig(_Struct):
 
     c_name = "nat_config"
     _fields_ = [("node_ip", ct.c_uint32), ("port_min", ct.c_uint16), ("port_max", ct.c_uint16),
-                ("uplink_ifindex", ct.c_uint32), ("pad", ct.c_uint32), ("node_ip6", Addr6)]
+                ("uplink_ifindex", ct.c_uint32), ("hash_seed", ct.c_uint32),
+                ("node_ip6", Addr6), ("randomize", ct.c_uint8), ("pad", ct.c_uint8 * 3)]
 
 
 class NatTuple4(_Struct):
@@ -83,11 +102,14 @@ class NatTuple4(_Struct):
 
 class NatEntry4(_Struct):
     """What to rewrite to: forward entries hold node IP + allocated port, reverse entries the
-    pod's IP + original port. last_used is bpf_ktime_get_ns() (CLOCK_MONOTONIC) for the GC."""
+    pod's IP + original port. last_used is bpf_ktime_get_ns() (CLOCK_MONOTONIC) for the GC,
+    rewritten at most every NAT_TOUCH_NS. TCP state lives in the reverse entry (the port's
+    claim): tcp_out what the pod sent, tcp_in what came back (0, TCP_FIN, TCP_RST); each is
+    written by one direction only, so the two programs never race on a byte."""
 
     c_name = "nat_entry4"
-    _fields_ = [("addr", ct.c_uint32), ("port", ct.c_uint16), ("pad", ct.c_uint16),
-                ("created", ct.c_uint64), ("last_used", ct.c_uint64)]
+    _fields_ = [("addr", ct.c_uint32), ("port", ct.c_uint16), ("tcp_out", ct.c_uint8),
+                ("tcp_in", ct.c_uint8), ("created", ct.c_uint64), ("last_used", ct.c_uint64)]
 
 
 class NatTuple6(_Struct):
@@ -102,8 +124,33 @@ class NatEntry6(_Struct):
     """NatEntry4 for IPv6."""
 
     c_name = "nat_entry6"
-    _fields_ = [("addr", Addr6), ("port", ct.c_uint16), ("pad", ct.c_uint16),
-                ("pad2", ct.c_uint32), ("created", ct.c_uint64), ("last_used", ct.c_uint64)]
+    _fields_ = [("addr", Addr6), ("port", ct.c_uint16), ("tcp_out", ct.c_uint8),
+                ("tcp_in", ct.c_uint8), ("pad2", ct.c_uint32), ("created", ct.c_uint64),
+                ("last_used", ct.c_uint64)]
+
+
+class Frag4Key(_Struct):
+    """An IPv4 datagram in fragments, as the packets name it (either direction)."""
+
+    c_name = "frag4_key"
+    _fields_ = [("saddr", ct.c_uint32), ("daddr", ct.c_uint32), ("id", ct.c_uint16),
+                ("proto", ct.c_uint8), ("pad", ct.c_uint8)]
+
+
+class Frag4Ports(_Struct):
+    """The L4 identity of a fragmented datagram, from its first fragment (struct l4's ports
+    and kind), so that the later fragments, which carry no L4 header, find its NAT flow."""
+
+    c_name = "frag4_ports"
+    _fields_ = [("sport", ct.c_uint16), ("dport", ct.c_uint16), ("kind", ct.c_uint8),
+                ("pad", ct.c_uint8 * 3)]
+
+
+class Counter(_Struct):
+    """One per-CPU counter of ferry_stats (index: layouts.STATS)."""
+
+    c_name = "counter"
+    _fields_ = [("packets", ct.c_uint64)]
 
 
 class Redirect(_Struct):
@@ -129,7 +176,7 @@ class MapSpec:
     kind: str  # bcc table type
     key: type[_Struct] | type[ct.c_uint32]  # array maps: the kernel wants a plain u32 key
     value: type[_Struct]
-    max_entries: int
+    max_entries: int | str  # a str: a macro of DEFAULTS, set at compile time
     flags: str = "0"
 
 
@@ -137,19 +184,23 @@ MAPS: dict[str, MapSpec] = {m.name: m for m in (
     MapSpec("ferry_endpoints", "hash", Ip4Key, Endpoint, 16384),
     MapSpec("ferry_snat_excl", "lpm_trie", Lpm4Key, Excluded, 1024, "BPF_F_NO_PREALLOC"),
     MapSpec("ferry_nat_cfg", "array", ct.c_uint32, NatConfig, 1),
-    MapSpec("ferry_nat_fwd", "lru_hash", NatTuple4, NatEntry4, 65536),
-    MapSpec("ferry_nat_rev", "lru_hash", NatTuple4, NatEntry4, 65536),
+    MapSpec("ferry_nat_fwd", "lru_hash", NatTuple4, NatEntry4, "FERRY_NAT_MAX"),
+    MapSpec("ferry_nat_rev", "lru_hash", NatTuple4, NatEntry4, "FERRY_NAT_MAX"),
     MapSpec("ferry_redirect", "hash", Ip4Key, Redirect, 4096),
     # IPv6 SNAT: the same roles as the four IPv4 maps above (names: 15 chars at most).
     MapSpec("ferry_endpoint6", "hash", Ip6Key, Endpoint, 16384),
     MapSpec("ferry_snat_ex6", "lpm_trie", Lpm6Key, Excluded, 1024, "BPF_F_NO_PREALLOC"),
-    MapSpec("ferry_nat_fwd6", "lru_hash", NatTuple6, NatEntry6, 65536),
-    MapSpec("ferry_nat_rev6", "lru_hash", NatTuple6, NatEntry6, 65536),
+    MapSpec("ferry_nat_fwd6", "lru_hash", NatTuple6, NatEntry6, "FERRY_NAT_MAX"),
+    MapSpec("ferry_nat_rev6", "lru_hash", NatTuple6, NatEntry6, "FERRY_NAT_MAX"),
+    # IPv4 fragments of NATed datagrams in flight (Cilium keeps 8k), both directions.
+    MapSpec("ferry_frag4", "lru_hash", Frag4Key, Frag4Ports, 8192),
+    MapSpec("ferry_stats", "percpu_array", ct.c_uint32, Counter, len(STATS)),
     MapSpec("ferry_meta", "array", ct.c_uint32, Meta, 1),
 )}
 # Programs: function name in bpf/*.c == kernel prog name (15 chars max) == pin file name.
 PROGRAMS = ("ferry_snat_eg", "ferry_snat_in", "ferry_eni_eg", "ferry_eni_in")
-LAYOUT_VERSION = 2  # 2: IPv6 maps, nat_config.node_ip6
+# 2: IPv6 maps, nat_config.node_ip6; 3: TCP state, randomize, fragments, counters
+LAYOUT_VERSION = 3
 
 _C_TYPES = {ct.c_uint8: "__u8", ct.c_uint16: "__u16", ct.c_uint32: "__u32",
             ct.c_uint64: "__u64"}
@@ -178,6 +229,7 @@ def c_header() -> str:
                 structs.append(s)
     out = ["/* generated by loader/layouts.py: do not edit */"]
     out += [f"#define {k} {v}" for k, v in CONSTANTS.items()]
+    out += [f"#ifndef {k}\n#define {k} {v}\n#endif" for k, v in DEFAULTS.items()]
     out += [c_struct(s) for s in structs]
     for s in structs:  # the C code must agree with ctypes on every size
         out.append(f"_Static_assert(sizeof(struct {s.c_name}) == {ct.sizeof(s)}, "

@@ -106,6 +106,19 @@ class LogConfig(_Model):
     backups: int = Field(3, ge=0, le=20)
 
 
+class NatTimeouts(_Model):
+    """Idle timeouts of NAT flows in seconds, applied by ferryd's expiry (and `ferryctl gc`).
+    TCP is tracked by state: an established flow keeps its port for `tcpEstablished` seconds
+    of silence (Cilium's CT lifetime), a closed one (FIN both ways, or RST) is dropped after
+    `tcpClosed` and its port can be taken by a new flow after one second already. UDP and
+    ICMP have no state: an idle timeout only (conntrack's stream UDP and ICMP values)."""
+
+    tcp_established: float = Field(21600.0, alias="tcpEstablished", gt=0)
+    tcp_closed: float = Field(10.0, alias="tcpClosed", gt=0)
+    udp: float = Field(120.0, gt=0)
+    icmp: float = Field(30.0, gt=0)
+
+
 class IPAMArgs(_Model):
     ips: list[ipaddress.IPv4Interface | ipaddress.IPv6Interface | Address] = []
 
@@ -127,6 +140,14 @@ class NetConf(_Model):
     # connections from the node IP never pick a port that a NAT entry owns.
     snat_port_range: str = Field("61000-65535", alias="snatPortRange",
                                  pattern=r"^[0-9]{1,5}-[0-9]{1,5}$")
+    # How the SNAT picks the external port, AWS's RANDOMIZESNAT: prng (a random port, iptables
+    # --random-fully), hashrandom (a per-flow hash of the 5-tuple, iptables --random), none
+    # (the pod's own port when it is inside the range and free, as iptables without a flag).
+    randomize_snat: Literal["hashrandom", "prng", "none"] = Field("prng", alias="randomizeSNAT")
+    # Entries of each eBPF NAT map (forward and reverse, per family): 65,536 is 600 concurrent
+    # flows for each of 110 pods. A full map evicts its least recently used flows (LRU).
+    nat_max_entries: int = Field(65536, alias="natMaxEntries", ge=1024, le=1 << 22)
+    nat_timeouts: NatTimeouts = Field(NatTimeouts(), alias="natTimeouts")
     bpffs_root: str = Field("/sys/fs/bpf/ferry", alias="bpffsRoot")
     uplink: str | None = None  # default: the device holding nodeIP, else the default route's
     veth_prefix: str = Field("fry", alias="vethPrefix", min_length=1,

@@ -3,7 +3,7 @@
   ferryctl load    --config FILE [--cflag=-DX=1]   compile (or reuse the pins), attach, re-sync
   ferryctl unload  --config FILE                   detach and remove the pins
   ferryctl inspect --config FILE [--json]         pods, NAT entries, redirects, filters
-  ferryctl gc      --config FILE [--idle 300]     expire idle NAT entries
+  ferryctl gc      --config FILE [--idle SECONDS] expire idle NAT entries (natTimeouts)
 
 FILE is the network's .conf or .conflist (its first ferry* entry: `ferry`, or `ferry-egress`
 after another main plugin). Run it in the node's network namespace: the uplink and the pods'
@@ -47,7 +47,28 @@ def render(info: dict[str, Any]) -> str:
             + _table("pods", info["pods"], ["ip", "device", "ifindex", "podENI"])
             + _table("nat", info["nat"], ["proto", "pod", "dst", "nat", "idleSeconds"])
             + _table("redirects", info["redirects"],
-                     ["ip", "hostVeth", "eni", "gateway", "hostMAC", "podMAC"]))
+                     ["ip", "hostVeth", "eni", "gateway", "hostMAC", "podMAC"])
+            + render_nat_stats(info.get("natStats")))
+
+
+def render_nat_stats(stats: dict[str, Any] | None) -> str:
+    """NAT pressure: flows against the map size, the busiest destination, failures."""
+    if not stats:
+        return ""
+    fams = ("ipv4", "ipv6")
+    lines = ["nat pressure:",
+             "  flows " + "  ".join(f"{f} {stats['entries'][f]}" for f in fams)
+             + f"  (max {stats['maxEntries']} per map)",
+             "  busiest destination: " + "  ".join(f"{f} {stats['destPortsMax'][f]} ports"
+                                                   for f in fams),
+             "  allocation failures: " + "  ".join(f"{f} {stats['allocFailures'][f]}"
+                                                   for f in fams)]
+    if stats["translations"]:
+        lines.append("  translated packets: " + "  ".join(
+            f"{k} {v}" for k, v in stats["translations"].items()))
+    if stats["drops"]:
+        lines.append("  drops: " + "  ".join(f"{k} {v}" for k, v in stats["drops"].items()))
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,8 +83,9 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--cflag", action="append", default=[],
                            help="extra compile flag (part of the build hash)")
         if name == "gc":
-            p.add_argument("--idle", type=float, default=300.0,
-                           help="expire NAT flows idle this many seconds")
+            p.add_argument("--idle", type=float, default=None,
+                           help="expire every NAT flow idle this many seconds (default: "
+                           "the config's natTimeouts)")
     args = ap.parse_args(argv)
     from plugin import log as logging_setup  # after argparse: `ferryctl -h` stays cheap
     from plugin.dataplane import select

@@ -118,8 +118,13 @@ class Agent:
         with self._inspect_lock:  # one map walk at a time, whoever asks
             return self.dataplane.inspect(self.conf)
 
+    def nat_stats(self) -> dict[str, Any]:
+        with self._inspect_lock:
+            return self.dataplane.nat_stats(self.conf)
+
     def _expire_loop(self) -> None:
-        """NAT entries idle for longer than natIdleSeconds go, every natGcSeconds."""
+        """NAT entries idle past the config's natTimeouts (or --nat-idle) go, every
+        --nat-gc-interval seconds."""
         while not self._stop.wait(self.args.nat_gc_interval):
             try:
                 expired = self.dataplane.expire(self.conf, self.args.nat_idle)
@@ -187,8 +192,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--metrics", default=DEFAULT_METRICS,
                    help="host:port for Prometheus metrics, or 'off'")
     p.add_argument("--workers", type=int, default=8, help="concurrent CNI requests")
-    p.add_argument("--nat-idle", type=float, default=300.0,
-                   help="expire NAT flows idle this many seconds")
+    p.add_argument("--nat-idle", type=float, default=None,
+                   help="expire every NAT flow idle this many seconds (default: the "
+                   "config's natTimeouts, per protocol and TCP state)")
     p.add_argument("--nat-gc-interval", type=float, default=30.0,
                    help="seconds between NAT expiry passes")
     return p.parse_args(argv)

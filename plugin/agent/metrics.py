@@ -1,4 +1,6 @@
-"""Prometheus metrics of ferryd: request counts and latencies, errors by code, IPAM usage."""
+"""Prometheus metrics of ferryd: request counts and latencies, errors by code, IPAM usage, and
+NAT pressure (flows per family, capacity, the busiest destination's ports, allocation failures,
+translations and drops, read from the dataplane at scrape time)."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
@@ -52,6 +54,52 @@ class PoolCollector(Collector):
         yield free
 
 
+class NatCollector(Collector):
+    """The dataplane's nat_stats at scrape time: eBPF maps and per-CPU counters, or conntrack.
+    A dataplane that cannot be read (unloaded meanwhile) yields nothing rather than failing
+    the whole scrape."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        try:
+            stats = self.agent.nat_stats()
+        except OSError:
+            return
+        entries = GaugeMetricFamily("ferry_nat_entries", "NAT flows held, per family",
+                                    labels=["family"])
+        dest = GaugeMetricFamily("ferry_nat_dest_ports_max",
+                                 "Most external ports in use towards one destination "
+                                 "(address, port, protocol)", labels=["family"])
+        fails = CounterMetricFamily("ferry_nat_alloc_failures",
+                                    "New flows dropped for want of a free external port",
+                                    labels=["family"])
+        for family, n in stats["entries"].items():
+            entries.add_metric([family], n)
+            dest.add_metric([family], stats["destPortsMax"][family])
+            fails.add_metric([family], stats["allocFailures"][family])
+        yield entries
+        yield dest
+        yield fails
+        yield GaugeMetricFamily("ferry_nat_max_entries", "Size of each NAT map (per family "
+                                "and direction; iptables: nf_conntrack_max)",
+                                value=stats["maxEntries"])
+        xlate = CounterMetricFamily("ferry_nat_translated_packets",
+                                    "Packets rewritten by the eBPF SNAT",
+                                    labels=["direction", "family"])
+        for key, n in stats["translations"].items():
+            direction, family = key.split("_")
+            xlate.add_metric(["egress" if direction == "eg" else "ingress", family], n)
+        yield xlate
+        drops = CounterMetricFamily("ferry_nat_drops", "Packets the eBPF SNAT dropped",
+                                    labels=["reason"])
+        for reason, n in stats["drops"].items():
+            drops.add_metric([reason], n)
+        yield drops
+
+
 def serve(agent: Agent, host: str, port: int) -> None:
     REGISTRY.register(PoolCollector(agent))
+    REGISTRY.register(NatCollector(agent))
     start_http_server(port, addr=host, registry=REGISTRY)

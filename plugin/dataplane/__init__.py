@@ -22,8 +22,13 @@ class Dataplane(Protocol):
     def unload(self, conf: NetConf) -> dict[str, Any]:
         """Remove every node-level and per-pod trace of this dataplane for the network."""
 
-    def expire(self, conf: NetConf, idle_seconds: float) -> int:
-        """Drop NAT state idle for longer than `idle_seconds`; how many flows went."""
+    def expire(self, conf: NetConf, idle_seconds: float | None = None) -> int:
+        """Drop NAT state idle for longer than its natTimeouts (per protocol and TCP state),
+        or than `idle_seconds` for every flow; how many flows went."""
+
+    def nat_stats(self, conf: NetConf) -> dict[str, Any]:
+        """NAT pressure (nat_summary's keys): flows per family, capacity, ports in use towards
+        the busiest destination, allocation failures, translations and drops."""
 
     def inspect(self, conf: NetConf) -> dict[str, Any]:
         """What the dataplane holds: {"loaded", "pods", "nat", "redirects", "filters", ...}."""
@@ -47,8 +52,11 @@ class RoutingOnly:
     def unload(self, conf: NetConf) -> dict[str, Any]:
         return {"network": conf.name, "dataplane": self.name}
 
-    def expire(self, conf: NetConf, idle_seconds: float) -> int:
+    def expire(self, conf: NetConf, idle_seconds: float | None = None) -> int:
         return 0
+
+    def nat_stats(self, conf: NetConf) -> dict[str, Any]:
+        return nat_summary([], capacity=0)
 
     def inspect(self, conf: NetConf) -> dict[str, Any]:
         return {"network": conf.name, "dataplane": self.name, "loaded": True, "pods": [],
@@ -59,6 +67,33 @@ class RoutingOnly:
 
     def detach(self, conf: NetConf, att: Attachment) -> None:
         return None
+
+
+FAMILY_LABELS = ("ipv4", "ipv6")
+
+
+def nat_summary(rows: list[dict[str, Any]], capacity: int,
+                alloc_failures: dict[str, int] | None = None,
+                translations: dict[str, int] | None = None,
+                drops: dict[str, int] | None = None) -> dict[str, Any]:
+    """The NAT pressure figures both dataplanes report, from their flow rows (inspect's "nat"
+    rows: proto, dst "ip:port" or "[ip6]:port"). destPortsMax is Cilium's
+    nat_endpoint_max_connection: the most external ports in use towards one destination
+    (address, port, protocol), the figure that reaches the range's size before a pod's new
+    flows to that destination fail."""
+    entries = dict.fromkeys(FAMILY_LABELS, 0)
+    per_dest: dict[tuple[str, str, str], int] = {}
+    for row in rows:
+        family = "ipv6" if row["dst"].startswith("[") else "ipv4"
+        entries[family] += 1
+        key = (family, row["proto"], row["dst"])
+        per_dest[key] = per_dest.get(key, 0) + 1
+    dest_max = dict.fromkeys(FAMILY_LABELS, 0)
+    for (family, _, _), n in per_dest.items():
+        dest_max[family] = max(dest_max[family], n)
+    return {"entries": entries, "maxEntries": capacity, "destPortsMax": dest_max,
+            "allocFailures": alloc_failures or dict.fromkeys(FAMILY_LABELS, 0),
+            "translations": translations or {}, "drops": drops or {}}
 
 
 def resync(dataplane: Dataplane, conf: NetConf) -> int:

@@ -17,7 +17,9 @@ import contextlib
 import ctypes
 import importlib.util
 import ipaddress
+import os
 import platform
+import secrets
 import socket
 import time
 from collections.abc import Callable
@@ -27,9 +29,15 @@ from typing import Any
 
 from pyroute2 import IPRoute
 
-from loader import pins
+from loader import pins, syscall
 from loader.layouts import (
+    DEFAULTS,
     EP_F_POD_ENI,
+    RANDOMIZE,
+    STATS,
+    TCP_FIN,
+    TCP_RST,
+    Counter,
     Endpoint,
     Excluded,
     Ip4Key,
@@ -52,7 +60,7 @@ from loader.layouts import (
 from loader.maps import open_map
 from plugin import wiring
 from plugin.config import NetConf
-from plugin.dataplane import resync, tc
+from plugin.dataplane import FAMILY_LABELS, nat_summary, resync, tc
 from plugin.log import log
 from plugin.protocol import CniError, Code
 from plugin.rtnl import ifindex
@@ -137,8 +145,11 @@ class Ebpf:
     def unload(self, conf: NetConf) -> dict[str, Any]:
         return unload_node(conf)
 
-    def expire(self, conf: NetConf, idle_seconds: float) -> int:
+    def expire(self, conf: NetConf, idle_seconds: float | None = None) -> int:
         return gc_nat(conf, idle_seconds)
+
+    def nat_stats(self, conf: NetConf) -> dict[str, Any]:
+        return nat_stats(conf)
 
     def inspect(self, conf: NetConf) -> dict[str, Any]:
         return inspect(conf)
@@ -268,12 +279,13 @@ def load_node(conf: NetConf, cflags: tuple[str, ...] = ()) -> dict[str, Any]:
         # Resolve first: a node with nothing to SNAT to must not cost a compile and pins.
         uplink, idx, node_ip = resolve_uplink(conf, ipr)
         node_ip6 = resolve_node_ip6(conf, ipr, idx)
-        res = pins.load(conf.bpffs_root, conf.name, cflags=cflags)
+        res = pins.load(conf.bpffs_root, conf.name, cflags=cflags + nat_cflags(conf))
         low, high = conf.snat_ports
         with open_map(res.dir, "ferry_nat_cfg") as cfg:
             cfg.put(ctypes.c_uint32(0), NatConfig(
                 node_ip=ip4(node_ip), port_min=low, port_max=high, uplink_ifindex=idx,
-                node_ip6=ip6(node_ip6 or "::")))
+                node_ip6=ip6(node_ip6 or "::"), randomize=RANDOMIZE[conf.randomize_snat],
+                hash_seed=secrets.randbits(32)))
         _fill_exclusions(conf, res.dir)
         tc.attach(ipr, idx, "egress", pins.prog_path(res.dir, "ferry_snat_eg"),
                   "ferry_snat_eg")
@@ -283,11 +295,20 @@ def load_node(conf: NetConf, cflags: tuple[str, ...] = ()) -> dict[str, Any]:
     summary = {"network": conf.name, "pins": res.dir, "compiled": res.compiled,
                "seconds": round(res.seconds, 4), "hash": res.hash[:16], "uplink": uplink,
                "nodeIP": str(node_ip), "nodeIPv6": str(node_ip6 or ""),
-               "snatPorts": f"{low}-{high}", "progIds": res.prog_ids,
+               "snatPorts": f"{low}-{high}", "randomizeSNAT": conf.randomize_snat,
+               "natMaxEntries": conf.nat_max_entries, "progIds": res.prog_ids,
                "synced": synced}
     log.info("ebpf dataplane %s", "compiled and pinned" if res.compiled else
              "reused from pins (no compile)", extra=summary)
     return summary
+
+
+def nat_cflags(conf: NetConf) -> tuple[str, ...]:
+    """The NAT maps' size is a compile-time constant of the build (part of its hash); the
+    default adds no flag, so that the default build is the one a plain pins.load() makes."""
+    if conf.nat_max_entries == DEFAULTS["FERRY_NAT_MAX"]:
+        return ()
+    return (f"-DFERRY_NAT_MAX={conf.nat_max_entries}",)
 
 
 def _fill_exclusions(conf: NetConf, d: str) -> None:
@@ -350,6 +371,7 @@ def inspect(conf: NetConf) -> dict[str, Any]:
         with open_map(d, fam.fwd) as fwd:
             for k, v in fwd.items():
                 out["nat"].append(_nat_row(fam, k, v, now))
+    out["natStats"] = nat_stats(conf)
     with open_map(d, "ferry_redirect") as rd:
         for k, r in rd.items():
             raw = as_dict(r)
@@ -381,13 +403,30 @@ def _ifname(index: int) -> str:
         return f"#{index}"
 
 
-def gc_nat(conf: NetConf, idle_seconds: float) -> int:
-    """Expire NAT pairs idle for longer than `idle_seconds` in both directions, both families;
-    returns how many flows were removed. The LRU maps also evict under pressure; this keeps
-    them small."""
+def tcp_closed(entry: Any) -> bool:
+    """A reverse entry's TCP flow is over: a RST either way, or a FIN both ways (bpf/snat.c
+    tcp_closed)."""
+    return TCP_RST in (entry.tcp_out, entry.tcp_in) or entry.tcp_out == entry.tcp_in == TCP_FIN
+
+
+def _idle_limit(conf: NetConf, proto: int, back: Any,
+                idle_seconds: float | None) -> float:
+    if idle_seconds is not None:
+        return idle_seconds
+    t = conf.nat_timeouts
+    if proto == socket.IPPROTO_TCP:
+        return t.tcp_closed if back is not None and tcp_closed(back) else t.tcp_established
+    return t.udp if proto == socket.IPPROTO_UDP else t.icmp
+
+
+def gc_nat(conf: NetConf, idle_seconds: float | None = None) -> int:
+    """Expire NAT pairs idle past their natTimeouts (TCP by state: closed flows soon,
+    established ones after hours; UDP and ICMP by idle time), or past `idle_seconds` for all,
+    both directions and families; returns how many flows were removed. The LRU maps also
+    evict under pressure, and a new flow takes over a closed TCP flow's port by itself: this
+    keeps the maps small and the idle UDP/ICMP ports free."""
     d = pin_dir(conf)
     now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-    limit = int(idle_seconds * 1e9)
     removed = 0
     for fam in FAMILIES:
         with open_map(d, fam.fwd) as fwd, open_map(d, fam.rev) as rev:
@@ -395,14 +434,70 @@ def gc_nat(conf: NetConf, idle_seconds: float) -> int:
                 rk = _reverse_key(fam, k, v)
                 back = rev.get(rk)
                 last = max(v.last_used, back.last_used if back is not None else 0)
-                if now - last > limit:
+                limit = _idle_limit(conf, k.proto, back, idle_seconds)
+                if now - last > limit * 1e9:
                     fwd.delete(k)
                     rev.delete(rk)
                     removed += 1
             for k, v in rev.items():  # reverse entries whose forward half the LRU evicted
-                if now - v.last_used > limit:
+                limit = _idle_limit(conf, k.proto, v, idle_seconds)
+                if now - v.last_used > limit * 1e9 and not _has_forward(fam, fwd, k, v):
                     rev.delete(k)
     return removed
+
+
+def _has_forward(fam: _Family, fwd: Any, rk: Any, v: Any) -> bool:
+    fk = fam.nat_tuple(saddr=v.addr, daddr=rk.saddr,
+                       sport=v.port, dport=0 if rk.proto == fam.icmp else rk.sport,
+                       proto=rk.proto)
+    return fwd.get(fk) is not None
+
+
+def nat_stats(conf: NetConf) -> dict[str, Any]:
+    """NAT pressure from the maps (flows per family, ports per destination from the reverse
+    map, which holds one entry per external port in use) and the per-CPU counters of
+    ferry_stats, summed."""
+    d = pin_dir(conf)
+    rows = []
+    for fam in FAMILIES:
+        with open_map(d, fam.rev) as rev:
+            claims = list(rev.keys())
+        rows += [{"proto": PROTOS.get(k.proto, str(k.proto)),
+                  "dst": fam.endpoint(k.saddr, k.sport)} for k in claims]
+    counts = stats_counters(d)
+    out = nat_summary(rows, capacity=conf.nat_max_entries,
+                      alloc_failures={"ipv4": counts["alloc_fail4"],
+                                      "ipv6": counts["alloc_fail6"]},
+                      translations={f"{direction}_{family}": counts[f"xlate_{direction}{v}"]
+                                    for family, v in zip(FAMILY_LABELS, "46", strict=True)
+                                    for direction in ("eg", "in")},
+                      drops={"port_exhausted": counts["alloc_fail4"] + counts["alloc_fail6"],
+                             "rewrite_failed": counts["drop_rewrite"],
+                             "fragment_unknown": counts["drop_fragment"]})
+    out["counters"] = counts
+    return out
+
+
+def _possible_cpus() -> int:
+    """How many values a per-CPU map returns: one per possible CPU ("0-3" or "0,2-5")."""
+    text = Path("/sys/devices/system/cpu/possible").read_text().strip()
+    n = 0
+    for part in text.split(","):
+        low, _, high = part.partition("-")
+        n += int(high or low) - int(low) + 1
+    return n or (os.cpu_count() or 1)
+
+
+def stats_counters(d: str) -> dict[str, int]:
+    """ferry_stats summed over the CPUs, by name (layouts.STATS). Raw bpf(2): a per-CPU map's
+    lookup fills one value per possible CPU, more than PinnedMap.get's buffer holds."""
+    values = (Counter * _possible_cpus())()
+    out = {}
+    with open_map(d, "ferry_stats") as m:
+        for i, name in enumerate(STATS):
+            found = syscall.map_lookup(m.fd, ctypes.c_uint32(i), values)
+            out[name] = sum(v.packets for v in values) if found else 0
+    return out
 
 
 def _purge_nat(d: str, ips: list[str]) -> None:

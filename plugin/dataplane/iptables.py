@@ -5,7 +5,9 @@ FERRY-<sha512(network + container id + ifname)> (28 chars), jumped to from ferry
 FERRY-POSTROUTING (itself jumped to from POSTROUTING) for the pod's source address. The chain
 RETURNs the excluded CIDRs (snatExcludeCidrs and the pod CIDRs, as the eBPF exclusion trie),
 then SNATs TCP, UDP and ICMP echo leaving the uplink to the node IP within snatPortRange with
---random-fully (the protocols, device and port range of the eBPF SNAT). Every rule carries the
+--random-fully, --random or neither (randomizeSNAT prng, hashrandom, none; the protocols,
+device and port range of the eBPF SNAT). conntrack tracks TCP state, translates ICMP errors
+(RELATED) and reassembles fragments: what bpf/snat.c does itself. Every rule carries the
 comment `name: "<net>" id: "<cid>"`, so unload finds a network's rules by name and DEL finds a
 pod's chain by container id (never by reading the netns, which may be gone).
 IPv6 the same through ip6tables when the node has an IPv6 source (nodeIPv6, an IPv6 nodeIP or
@@ -42,7 +44,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from plugin.config import NetConf
-from plugin.dataplane import resync
+from plugin.dataplane import nat_summary, resync
 from plugin.dataplane.ebpf import resolve_node_ip6, resolve_uplink
 from plugin.log import log
 from plugin.protocol import CniError, Code
@@ -56,6 +58,8 @@ BACKENDS = ("nft", "legacy")
 TABLE_BASE = 0xF3E000  # per-ENI route tables: base + ENI ifindex
 PRIO_POD_CIDR, PRIO_FROM, PRIO_IIF = 3900, 3901, 3902  # ahead of main (32766)
 MAIN = 254
+# randomizeSNAT as the AWS egress plugin writes it: the SNAT target's port flag.
+RANDOMIZE = {"prng": " --random-fully", "hashrandom": " --random", "none": ""}
 NODE_RECORD = "iptables.node"  # not *.json: StateStore.all() reads those as attachments
 
 
@@ -237,8 +241,9 @@ def _pod_lines(conf: NetConf, att: Attachment, version: int, ips: list[str],
         low, high = conf.snat_ports
         ported = f"{node_ip}:{low}-{high}" if version == 4 else f"[{node_ip}]:{low}-{high}"
         for proto in ("tcp", "udp", "icmp" if version == 4 else "ipv6-icmp"):
-            # ip6tables takes no id range for ICMPv6: keep the echo id (no --random-fully).
-            to = f"{ported} --random-fully" if proto != "ipv6-icmp" else str(node_ip)
+            # ip6tables takes no id range for ICMPv6: keep the echo id (no randomization).
+            to = f"{ported}{RANDOMIZE[conf.randomize_snat]}" if proto != "ipv6-icmp" \
+                else str(node_ip)
             lines.append(f"-A {chain} -o {addrs.uplink} -p {proto} {note} "
                          f"-j SNAT --to-source {to}")
     return lines
@@ -308,8 +313,23 @@ class Iptables:
         record.unlink(missing_ok=True)
         return {"network": conf.name, "dataplane": self.name, "removed": removed}
 
-    def expire(self, conf: NetConf, idle_seconds: float) -> int:
-        return _forget(row for row in _conntrack(conf) if row["idleSeconds"] >= idle_seconds)
+    def expire(self, conf: NetConf, idle_seconds: float | None = None) -> int:
+        """TCP flows past ESTABLISHED are the kernel's to time out (its per-state timeouts);
+        the others go when idle past natTimeouts (or `idle_seconds` for all)."""
+        t = conf.nat_timeouts
+        limits = {"tcp": t.tcp_established, "udp": t.udp, "icmp": t.icmp}
+        return _forget(row for row in _conntrack(conf)
+                       if (row["proto"] != "tcp" or row["state"] == "ESTABLISHED")
+                       and row["idleSeconds"] >= (limits[row["proto"]] if idle_seconds is None
+                                                  else idle_seconds))
+
+    def nat_stats(self, conf: NetConf) -> dict[str, Any]:
+        """NAT pressure from conntrack: its NATed flows, and the inserts that failed (what a
+        SNAT with no free port left comes to: the packet is dropped at confirm)."""
+        rows = _conntrack(conf)
+        failed = _conntrack_stat("insert_failed")
+        return nat_summary(rows, capacity=_conntrack_max(),
+                           alloc_failures={"ipv4": failed, "ipv6": 0})
 
     def inspect(self, conf: NetConf) -> dict[str, Any]:
         out: dict[str, Any] = {"network": conf.name, "dataplane": self.name, "loaded": False,
@@ -336,8 +356,10 @@ class Iptables:
                                         "podENI": bool(att and att.pod_eni), "chain":
                                         r.split()[-1]})
         pod_ips = {p["ip"] for p in out["pods"]}
-        out["nat"] = [{k: v for k, v in row.items() if k != "tuple"} for row in _conntrack(conf)
+        out["nat"] = [{k: v for k, v in row.items() if k not in ("tuple", "state")}
+                      for row in _conntrack(conf)
                       if row["pod"].rpartition(":")[0].strip("[]") in pod_ips]
+        out["natStats"] = self.nat_stats(conf)
         with contextlib.suppress(CniError):
             addrs = node_addrs(conf)
             out["uplink"], out["nodeIP"] = addrs.uplink, str(addrs.ip4)
@@ -462,10 +484,28 @@ def _conntrack(conf: NetConf) -> list[dict[str, Any]]:
         else:
             tup.update(sport=port, dport=dport)
         rows.append({"proto": "icmp" if proto.startswith("icmp") else proto,
+                     "state": words[5] if proto == "tcp" else "",
                      "pod": ep(src, port), "dst": ep(ipaddress.ip_address(orig["dst"]), dport),
                      "nat": ep(reply_dst, nat_port),
                      "idleSeconds": max(0, full - remaining), "tuple": tup})
     return rows
+
+
+def _conntrack_stat(field: str) -> int:
+    """A counter of /proc/net/stat/nf_conntrack (this netns), summed over the CPUs."""
+    try:
+        head, *cpus = Path("/proc/net/stat/nf_conntrack").read_text().split("\n")
+    except OSError:
+        return 0
+    col = head.split().index(field) if field in head.split() else -1
+    return sum(int(line.split()[col], 16) for line in cpus if line.strip()) if col >= 0 else 0
+
+
+def _conntrack_max() -> int:
+    try:
+        return int(Path("/proc/sys/net/netfilter/nf_conntrack_max").read_text())
+    except (OSError, ValueError):
+        return 0
 
 
 def _forget(rows: Iterable[dict[str, Any]]) -> int:

@@ -1,5 +1,5 @@
 """ferry-egress's network config: ferry's NetConf (ipam, mtu, dataplane, uplink, snatPortRange,
-bpffsRoot, stateDir, log, ...) plus the AWS egress-cni keys (enabled, ifName, randomizeSNAT).
+randomizeSNAT, bpffsRoot, stateDir, log, ...) plus the AWS egress-cni keys (enabled, ifName).
 
 The family it provides is the family of its IPAM range (one family only): a 169.254.172.0/22
 range makes it egress-v4, an fd00::ac:00/118 range egress-v6. nodeIP, when given, must be of
@@ -11,7 +11,7 @@ it at all is the prevResult's business: see plugin.egress.engine.
 from __future__ import annotations
 
 import ipaddress
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
@@ -34,10 +34,6 @@ class EgressConf(NetConf):
     type: str = "ferry-egress"
     enabled: bool = True
     ifname: str | None = Field(None, alias="ifName", min_length=1, max_length=15)
-    # AWS's choices, as its iptables rule flags: hashrandom -> --random, prng -> --random-fully,
-    # none -> neither. Accepted for config compatibility; both dataplanes act as prng today
-    # (iptables --random-fully; eBPF keeps an in-range source port, else a random one).
-    randomize_snat: Literal["hashrandom", "prng", "none"] = Field("prng", alias="randomizeSNAT")
 
     @field_validator("node_ip", mode="before")
     @classmethod
