@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-shot node/CI set-up for ferry on Debian 12 (run as root):
 #  - Debian packages: iproute2, iptables, the reference CNI plugins (peers in the tests),
-#    bcc (python3-bpfcc), bpftool, iperf3 and Debian's kernel headers for bcc;
+#    bcc (python3-bpfcc), bpftool, iperf3 and Debian's kernel headers for bcc; clang,
+#    libbpf-dev and linux-libc-dev for the prebuilt BPF objects (build time only);
 #  - /lib/modules/$(uname -r)/{build,source} pointing at those headers, because the running
 #    kernel ships none and bcc refuses to compile without them;
 #  - a venv (with system site-packages, so `import bcc` works) holding ferry and its deps;
@@ -11,7 +12,7 @@ cd "$(dirname "$(readlink -f "$0")")/.."
 
 PKGS=(iproute2 iptables containernetworking-plugins linux-headers-amd64 python3-bpfcc
       bpfcc-tools bpftool iperf3 iputils-ping python3-venv python3-pip util-linux procps kmod
-      podman runc busybox-static)
+      podman runc busybox-static clang libbpf-dev linux-libc-dev)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -39,6 +40,8 @@ if [[ ! -x .venv/bin/python ]]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[test]'
+# The prebuilt BPF objects (bpf/*.o) the ELF loader loads: built here, not on the node.
+.venv/bin/python -m loader.objects bpf >/dev/null
 
 # The runtime looks for plugins in CNI_PATH; install ours next to the reference ones.
 # FERRY_CNI_BIN (default /opt/cni/bin) lets a second checkout keep its binaries apart; the
