@@ -80,11 +80,15 @@ struct l4 {
     __u8 pad[2];
 };
 
+/* IPv4 fragments: the first carries the L4 header, the later ones only payload. */
+enum { FRAG_NONE = 0, FRAG_FIRST, FRAG_LATER };
+
 struct pkt4 {
     __u32 saddr;
     __u32 daddr;
     __u8 ttl;
-    __u8 pad[3];
+    __u8 frag;       /* FRAG_* */
+    __u16 id;        /* the IP id, which names a fragmented datagram */
     struct l4 l4;
 };
 
@@ -139,8 +143,11 @@ static __always_inline int parse4(struct __sk_buff *skb, struct pkt4 *p)
     p->l4.off = ETH_HLEN + iph.ihl * 4;
     p->l4.sport = p->l4.dport = 0;
     p->l4.kind = L4_OTHER;
-    /* A non-first fragment has no L4 header: leave it to the stack. */
-    if (iph.frag_off & bpf_htons(0x1fff))
+    p->id = iph.id;
+    p->frag = (iph.frag_off & bpf_htons(0x1fff)) ? FRAG_LATER :
+              (iph.frag_off & bpf_htons(0x2000)) ? FRAG_FIRST : FRAG_NONE;
+    /* A later fragment has no L4 header: kind L4_OTHER (snat.c finds its ports by id). */
+    if (p->frag == FRAG_LATER)
         return 0;
     parse_l4(skb, &p->l4, IPPROTO_ICMP, ICMP_ECHO, ICMP_ECHOREPLY);
     return 0;

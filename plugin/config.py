@@ -110,7 +110,7 @@ class NatTimeouts(_Model):
     """Idle timeouts of NAT flows in seconds, applied by ferryd's expiry (and `ferryctl gc`).
     TCP is tracked by state: an established flow keeps its port for `tcpEstablished` seconds
     of silence (Cilium's CT lifetime), a closed one (FIN both ways, or RST) is dropped after
-    `tcpClosed` and its port can be taken by a new flow after one second already. UDP and
+    `tcpClosed` and its port can be taken by a new flow after half a second already. UDP and
     ICMP have no state: an idle timeout only (conntrack's stream UDP and ICMP values)."""
 
     tcp_established: float = Field(21600.0, alias="tcpEstablished", gt=0)

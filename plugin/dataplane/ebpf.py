@@ -472,8 +472,7 @@ def nat_stats(conf: NetConf) -> dict[str, Any]:
                                     for family, v in zip(FAMILY_LABELS, "46", strict=True)
                                     for direction in ("eg", "in")},
                       drops={"port_exhausted": counts["alloc_fail4"] + counts["alloc_fail6"],
-                             "rewrite_failed": counts["drop_rewrite"],
-                             "fragment_unknown": counts["drop_fragment"]})
+                             "rewrite_failed": counts["drop_rewrite"]})
     out["counters"] = counts
     return out
 
