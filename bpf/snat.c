@@ -296,37 +296,48 @@ static __always_inline void tcp_out4(struct nat_tuple4 *fk, struct nat_entry4 *e
         tcp_track(&r->tcp_out, &r->tcp_in, &r->last_used, flags, now);
 }
 
+/* Is this a pod's packet to SNAT: a pod address (not a pod ENI one) to a destination outside
+ * the exclusions? Asked for a new flow only: a forward entry exists only for such flows (DEL
+ * removes a pod's), so an established flow's packet skips these two lookups. */
+static __always_inline int snat4_wanted(struct pkt4 *p)
+{
+    struct ip4_key ek = {};
+    struct lpm4_key lk = {};
+    struct endpoint *ep;
+
+    ek.addr = p->saddr;
+    ep = map_lookup(ferry_endpoints, &ek);
+    if (!ep || (ep->flags & EP_F_POD_ENI))
+        return 0;
+    lk.prefixlen = 32;
+    lk.addr = p->daddr;
+    return !map_lookup(ferry_snat_excl, &lk);
+}
+
 static __always_inline int snat4_eg(struct __sk_buff *skb)
 {
     struct pkt4 p = {};
-    struct ip4_key ek = {};
-    struct lpm4_key lk = {};
     struct nat_tuple4 fk = {};
     struct nat_entry4 fresh = {};
     struct nat_entry4 *e;
-    struct endpoint *ep;
     struct nat_config *cfg;
     __u64 now;
     __u8 flags;
 
     if (parse4(skb, &p) < 0 || (!snat_kind(&p.l4) && p.frag != FRAG_LATER))
         return TC_ACT_OK;
-    ek.addr = p.saddr;
-    ep = map_lookup(ferry_endpoints, &ek);
-    if (!ep || (ep->flags & EP_F_POD_ENI))
-        return TC_ACT_OK;
-    lk.prefixlen = 32;
-    lk.addr = p.daddr;
-    if (map_lookup(ferry_snat_excl, &lk))
-        return TC_ACT_OK;
     cfg = nat_cfg();
     if (!snat_cfg_ok(cfg) || !cfg->node_ip)
         return TC_ACT_OK;
-    if (frag4(&p) < 0) {
-        /* No first fragment seen (lost, out of order, or a datagram that is not NATed such
-         * as a pod's echo reply): the stack's, as it is. */
-        count(STAT_FRAGMENT_UNKNOWN);
-        return TC_ACT_OK;
+    if (p.frag != FRAG_NONE) {
+        if (!snat4_wanted(&p))
+            return TC_ACT_OK;
+        if (frag4(&p) < 0) {
+            /* No first fragment seen (lost, out of order, or a datagram that is not NATed
+             * such as a pod's echo reply): the stack's, as it is. */
+            count(STAT_FRAGMENT_UNKNOWN);
+            return TC_ACT_OK;
+        }
     }
 
     fk.saddr = p.saddr;
@@ -342,6 +353,8 @@ static __always_inline int snat4_eg(struct __sk_buff *skb)
         if (flags & (TH_FIN | TH_RST | TH_SYN))
             tcp_out4(&fk, e, flags, now);
     } else {
+        if (p.frag == FRAG_NONE && !snat4_wanted(&p))
+            return TC_ACT_OK;
         if (nat_alloc4(cfg, &p, &fresh) < 0) {
             count(STAT_ALLOC_FAIL4); /* the range is exhausted for this destination */
             return TC_ACT_SHOT;
@@ -610,11 +623,23 @@ static __always_inline void tcp_out6(struct nat_tuple6 *fk, struct nat_entry6 *e
         tcp_track(&r->tcp_out, &r->tcp_in, &r->last_used, flags, now);
 }
 
+/* snat4_wanted for IPv6 (no pod ENI flag: redirection is IPv4 only). */
+static __always_inline int snat6_wanted(struct pkt6 *p)
+{
+    struct ip6_key ek = {};
+    struct lpm6_key lk = {};
+
+    __builtin_memcpy(ek.addr, p->saddr, 16);
+    if (!map_lookup(ferry_endpoint6, &ek))
+        return 0;
+    lk.prefixlen = 128;
+    __builtin_memcpy(lk.addr, p->daddr, 16);
+    return !map_lookup(ferry_snat_ex6, &lk);
+}
+
 static __always_inline int snat6_eg(struct __sk_buff *skb)
 {
     struct pkt6 p = {};
-    struct ip6_key ek = {};
-    struct lpm6_key lk = {};
     struct nat_tuple6 fk = {};
     struct nat_entry6 fresh = {};
     struct nat_entry6 *e;
@@ -624,13 +649,6 @@ static __always_inline int snat6_eg(struct __sk_buff *skb)
 
     /* Only TCP, UDP and echo requests: NDP, MLD and ICMPv6 errors pass untouched. */
     if (parse6(skb, &p) < 0 || !snat_kind(&p.l4))
-        return TC_ACT_OK;
-    __builtin_memcpy(ek.addr, p.saddr, 16);
-    if (!map_lookup(ferry_endpoint6, &ek)) /* no pod ENI flag: redirection is IPv4 only */
-        return TC_ACT_OK;
-    lk.prefixlen = 128;
-    __builtin_memcpy(lk.addr, p.daddr, 16);
-    if (map_lookup(ferry_snat_ex6, &lk))
         return TC_ACT_OK;
     cfg = nat_cfg();
     if (!snat_cfg_ok(cfg) || ip6_zero(cfg->node_ip6))
@@ -649,6 +667,8 @@ static __always_inline int snat6_eg(struct __sk_buff *skb)
         if (flags & (TH_FIN | TH_RST | TH_SYN))
             tcp_out6(&fk, e, flags, now);
     } else {
+        if (!snat6_wanted(&p))
+            return TC_ACT_OK;
         if (nat_alloc6(cfg, &p, &fresh) < 0) {
             count(STAT_ALLOC_FAIL6);
             return TC_ACT_SHOT;

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-shot node/CI set-up for ferry on Debian 12 (run as root):
 #  - Debian packages: iproute2, iptables, the reference CNI plugins (peers in the tests),
-#    bcc (python3-bpfcc), bpftool, iperf3 and Debian's kernel headers for bcc; clang,
+#    bcc (python3-bpfcc), bpftool, iperf3, wrk and nginx (bench/dataplanes.py, which runs
+#    its own nginx in a namespace) and Debian's kernel headers for bcc; clang,
 #    libbpf-dev and linux-libc-dev for the prebuilt BPF objects (build time only);
 #  - /lib/modules/$(uname -r)/{build,source} pointing at those headers, because the running
 #    kernel ships none and bcc refuses to compile without them;
@@ -12,7 +13,8 @@ cd "$(dirname "$(readlink -f "$0")")/.."
 
 PKGS=(iproute2 iptables containernetworking-plugins linux-headers-amd64 python3-bpfcc
       bpfcc-tools bpftool iperf3 iputils-ping python3-venv python3-pip util-linux procps kmod
-      podman runc busybox-static clang libbpf-dev linux-libc-dev)
+      podman runc busybox-static clang libbpf-dev linux-libc-dev
+      wrk nginx)  # bench/dataplanes.py: HTTP load generator and server
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

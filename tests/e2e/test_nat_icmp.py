@@ -139,23 +139,33 @@ def error():
             errno_, origin, typ, code, _, info, _ = struct.unpack_from("IBBBBII", data)
             off = socket.inet_ntop(fam, data[20:24] if not v6 else data[24:40])
             return {"type": typ, "code": code, "info": info, "from": off}
+def fold(b):
+    b += b"\0" * (len(b) % 2); s = sum(struct.unpack(f"!{len(b) // 2}H", b))
+    while s >> 16: s = (s & 0xFFFF) + (s >> 16)
+    return s
 def quoted():
-    # The ICMP error as it arrived on eth0: the quoted datagram's source address and port.
+    # The ICMP error as it arrived on eth0: the quoted datagram's source address and port, and
+    # whether the checksums hold (ICMP's, with ICMPv6's pseudo-header; the quoted IPv4
+    # header's). Checked here: a veth hands the pod's kernel packets it need not verify.
     while True:
         pkt = cap.recv(4096)
         if v6:
             if pkt[6] != 58 or pkt[40] not in (1, 2, 3): continue
-            inner = pkt[48:]
+            inner, msg = pkt[48:], pkt[40:40 + int.from_bytes(pkt[4:6], "big")]
+            pseudo = pkt[8:40] + struct.pack("!IxxxB", len(msg), 58)
             return {"dst": socket.inet_ntop(fam, pkt[24:40]),
                     "inner_src": socket.inet_ntop(fam, inner[8:24]),
-                    "inner_sport": int.from_bytes(inner[40:42], "big")}
+                    "inner_sport": int.from_bytes(inner[40:42], "big"),
+                    "csum": fold(pseudo + msg) == 0xFFFF}
         ihl = (pkt[0] & 15) * 4
         if pkt[9] != 1 or pkt[ihl] not in (3, 11): continue
-        inner = pkt[ihl + 8:]
+        msg = pkt[ihl:int.from_bytes(pkt[2:4], "big")]
+        inner = msg[8:]
         iihl = (inner[0] & 15) * 4
         return {"dst": socket.inet_ntop(fam, pkt[16:20]),
                 "inner_src": socket.inet_ntop(fam, inner[12:16]),
-                "inner_sport": int.from_bytes(inner[iihl:iihl + 2], "big")}
+                "inner_sport": int.from_bytes(inner[iihl:iihl + 2], "big"),
+                "csum": fold(msg) == 0xFFFF and fold(inner[:iihl]) == 0xFFFF}
 out = {"me": [me[0], me[1]]}
 for name, ttl, size in (("hop2", 2, 32), ("far", 64, 32), ("toobig", 64, 1300)):
     s.setsockopt(SOL, TTL, ttl)
@@ -187,7 +197,8 @@ def test_icmp_errors_reach_the_pod_naming_its_address_and_port(dp: DataplaneNode
         assert err is not None, f"{name}: no ICMP error reached the socket: {out}"
         assert (err["type"], err["code"]) == (typ, code), (name, out)
         assert err["from"] == offender[name], (name, out)
-        assert quoted == {"dst": me_ip, "inner_src": me_ip, "inner_sport": me_port}, (name, out)
+        assert quoted == {"dst": me_ip, "inner_src": me_ip, "inner_sport": me_port,
+                          "csum": True}, (name, out)
     assert out["toobig"]["error"]["info"] == PATH_MTU, out
 
 
