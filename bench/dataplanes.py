@@ -22,11 +22,11 @@ with 1 pod, the reference of the eBPF/routed ratios at every N.
 
 wrk runs `-t1 -c32 -H 'Connection: close'` from the pod (nginx closes each connection: its
 TIME_WAIT is in ext, none in the pod); snatPortRange is 1024-65535 so that the ~100k
-connections of a run never wait for ports. iperf3 runs -t --seconds, TCP one stream, UDP
--b 0 -l 64 (what the server received). The modes take turns round by round, so that machine
-noise hits them alike; the best round of each figure is kept. With --bpf-stats the kernel's
-per-program run time (BPF_ENABLE_STATS, off again at exit) gives ns per packet of the SNAT
-programs. Everything is removed at exit, also on error.
+connections of a run never wait for ports, and natMaxEntries twice that. iperf3 runs
+-t --seconds, TCP one stream, UDP -b 0 -l 64 (what the server received). The modes take
+turns round by round, so that machine noise hits them alike; the best round of each figure
+is kept. With --bpf-stats the kernel's per-program run time (BPF_ENABLE_STATS, off again at
+exit) gives ns per packet of the SNAT programs. Everything is removed at exit, also on error.
 """
 
 from __future__ import annotations
@@ -54,6 +54,10 @@ from snat import iperf  # noqa: E402  (bench/ is the script's directory)
 
 MODES = ("routed", "ebpf", "iptables")
 PORTS = "1024-65535"
+# Twice the port range: every port of the range gets claimed in a run, and a closed flow's
+# forward entry stays until its port is taken over; a map at its size would evict (LRU) on
+# every new flow.
+NAT_MAX = 131072
 HTTP_PORT = 8088
 
 NGINX_CONF = """
@@ -144,7 +148,8 @@ def simulate(dp: DataplaneNode, veth: str, count: int) -> float:
 @contextlib.contextmanager
 def bench_node(mode: str, pods: int) -> Iterator[tuple[DataplaneNode, Netns, float]]:
     plane = "none" if mode == "routed" else mode
-    with dataplane_node(plane, ext_routes_pods=mode == "routed", snatPortRange=PORTS) as dp:
+    with dataplane_node(plane, ext_routes_pods=mode == "routed", snatPortRange=PORTS,
+                        natMaxEntries=NAT_MAX) as dp:
         pod = dp.add_pod(f"bench-{mode}")
         veth = pod.result["interfaces"][0]["name"]  # type: ignore[index]
         setup = simulate(dp, veth, pods - 1) if pods > 1 else 0.0
