@@ -3,7 +3,7 @@ generators: new TCP connections per second and their latency (wrk, every request
 connection, against nginx), TCP stream throughput and 64-byte UDP packets per second
 (iperf3), with 1, 1,000 and 10,000 pods wired.
 
-    sudo .venv/bin/python bench/dataplanes.py [--pods 1,1000,10000] [--seconds 10] [--rounds 2]
+    .venv/bin/python bench/dataplanes.py [--pods 1,1000,10000] [--seconds 10] [--rounds 2]
 
 Per mode a simulated node (tests/harness.py, `ferryctl load`), one real pod wired by the
 `ferry` binary, and an 'ext' namespace running nginx (one worker, `return 200`) and iperf3:
