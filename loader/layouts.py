@@ -118,11 +118,17 @@ class Redirect(_Struct):
 
 
 class Meta(_Struct):
-    """The loader's record in bpffs (regular files cannot live there): which build is pinned."""
+    """The loader's record in bpffs (regular files cannot live there): which build is pinned,
+    by which loader (LOADERS), and the kernel features its load found missing (FEATURES bits:
+    the programs needing them were not loaded)."""
 
     c_name = "meta"
     _fields_ = [("hash", ct.c_uint8 * 32), ("compiled_at", ct.c_uint64),
-                ("layout_version", ct.c_uint32), ("pad", ct.c_uint32)]
+                ("layout_version", ct.c_uint32), ("loader", ct.c_uint32),
+                ("missing", ct.c_uint32), ("pad", ct.c_uint32)]
+
+
+LOADERS = {1: "bcc", 2: "elf"}  # Meta.loader
 
 
 @dataclass(frozen=True)
@@ -133,6 +139,14 @@ class MapSpec:
     value: type[_Struct]
     max_entries: int
     flags: str = "0"
+
+    @property
+    def key_size(self) -> int:
+        return ct.sizeof(self.key)
+
+    @property
+    def value_size(self) -> int:
+        return ct.sizeof(self.value)
 
     @property
     def c_key(self) -> str:
@@ -159,7 +173,7 @@ MAPS: dict[str, MapSpec] = {m.name: m for m in (
 )}
 # Programs: function name in bpf/*.c == kernel prog name (15 chars max) == pin file name.
 PROGRAMS = ("ferry_snat_eg", "ferry_snat_in", "ferry_eni_eg", "ferry_eni_in")
-LAYOUT_VERSION = 2  # 2: IPv6 maps, nat_config.node_ip6
+LAYOUT_VERSION = 3  # 2: IPv6 maps, nat_config.node_ip6; 3: meta.loader, meta.missing
 
 _C_TYPES = {ct.c_uint8: "__u8", ct.c_uint16: "__u16", ct.c_uint32: "__u32",
             ct.c_uint64: "__u64"}

@@ -1,6 +1,6 @@
 """ferryctl: node-level control of the network's dataplane (ebpf, or the fallback).
 
-  ferryctl load    --config FILE [--cflag=-DX=1]   compile (or reuse the pins), attach, re-sync
+  ferryctl load    --config FILE [--cflag=-DX=1]   load (or reuse the pins), attach, re-sync
   ferryctl unload  --config FILE                   detach and remove the pins
   ferryctl inspect --config FILE [--json]         pods, NAT entries, redirects, filters
   ferryctl gc      --config FILE [--idle 300]     expire idle NAT entries
@@ -41,6 +41,10 @@ def render(info: dict[str, Any]) -> str:
             f"build {info.get('hash', '-')}  "
             f"uplink {info.get('uplink', '?')}  nodeIP {info.get('nodeIP', '?')}"
             f"  nodeIPv6 {info.get('nodeIPv6') or '-'}\n")
+    if "loader" in info:  # the eBPF dataplane: which loader pinned it, what the kernel lacks
+        lacking = [f for f, ok in info.get("features", {}).items() if not ok]
+        head += (f"loader {info['loader']}  kernel lacks {', '.join(lacking) or 'nothing'}"
+                 f"  pod ENIs: {info.get('podENIMode', 'ebpf')}\n")
     filters = "".join(f"  {dev}: ingress {f['ingress']} egress {f['egress']}\n"
                       for dev, f in info["filters"].items())
     return (head + "filters:\n" + filters
