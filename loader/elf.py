@@ -15,11 +15,13 @@ Then programs and maps are pinned under <stage>/{progs,maps} exactly like the bc
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import os
 import struct
 import time
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -166,34 +168,64 @@ class ElfObject:
     programs: dict[str, Program] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class _Sym:
+    name: str
+    kind: int  # STT_*
+    bind: int  # STB_*
+    section: str  # the name of the section it is defined in ("" if none)
+    value: int
+    size: int
+
+
+STT_OBJECT, STT_FUNC, STB_GLOBAL = 1, 2, 1
+
+
+def _symbols(elf: ELFFile, names: list[str]) -> list[_Sym]:
+    """.symtab by struct (Elf64_Sym): pyelftools' per-symbol parse is most of a load's time."""
+    symtab = elf.get_section_by_name(".symtab")
+    strtab = elf.get_section(symtab["sh_link"]).data()
+    out = []
+    for name_off, info, _other, shndx, value, size in struct.iter_unpack(
+            "<IBBHQQ", symtab.data()):
+        name = strtab[name_off:strtab.index(b"\0", name_off)].decode()
+        out.append(_Sym(name, info & 0xF, info >> 4,
+                        names[shndx] if 0 < shndx < len(names) else "", value, size))
+    return out
+
+
+def _relocations(data: bytes) -> list[tuple[int, int]]:
+    """(offset, symbol index) of each Elf64_Rel."""
+    return [(off, info >> 32) for off, info in struct.iter_unpack("<QQ", data)]
+
+
 def parse(path: Path) -> ElfObject:
     """Read one object: its license, BTF, map definitions and programs with relocations."""
     with path.open("rb") as f:
         elf = ELFFile(f)
         if elf["e_machine"] != "EM_BPF" or not elf.little_endian:
             raise ElfError(f"{path}: not a little-endian BPF object")
-        secs = {s.name: s for s in elf.iter_sections()}
+        sections = list(elf.iter_sections())
+        names = [s.name for s in sections]
+        secs = {s.name: s for s in sections}
         for need in (".BTF", "license", ".symtab"):
             if need not in secs:
                 raise ElfError(f"{path}: no {need} section (build it with loader/objects.py)")
         license_ = secs["license"].data().split(b"\0", 1)[0].decode()
-        symtab = secs[".symtab"]
-        symbols = list(symtab.iter_symbols())  # type: ignore[attr-defined]
-        index_of = {i: s.name for i, s in enumerate(elf.iter_sections())}
-        sym_offsets = {s.name: s["st_value"] for s in symbols
-                       if s["st_info"]["type"] == "STT_OBJECT"}
+        symbols = _symbols(elf, names)
         btf = Btf(secs[".BTF"].data())
-        btf.fix_datasecs({name: s["sh_size"] for name, s in secs.items()}, sym_offsets)
+        btf.fix_datasecs({name: s["sh_size"] for name, s in secs.items()},
+                         {s.name: s.value for s in symbols if s.kind == STT_OBJECT})
         obj = ElfObject(path, license_, btf)
         _read_maps(obj, path)
-        map_syms = {i: s.name for i, s in enumerate(symbols)
-                    if index_of.get(s["st_shndx"]) == ".maps"}
         for sec_name, prog_type in PROG_SECTIONS.items():
             if sec_name in secs:
-                _read_programs(obj, secs[sec_name].data(), secs.get(f".rel{sec_name}"),
-                               sec_name, prog_type, symbols, index_of, map_syms)
+                rel = secs.get(f".rel{sec_name}")
+                _read_programs(obj, secs[sec_name].data(),
+                               _relocations(rel.data()) if rel is not None else [],
+                               sec_name, prog_type, symbols)
         if ".BTF.ext" in secs:
-            _read_ext(obj, secs[".BTF.ext"].data(), symbols, index_of)
+            _read_ext(obj, secs[".BTF.ext"].data(), symbols)
     return obj
 
 
@@ -218,65 +250,59 @@ def _read_maps(obj: ElfObject, path: Path) -> None:
                                 attrs.get("map_flags", 0), attrs["key"], attrs["value"], obj)
 
 
-def _read_programs(obj: ElfObject, code: bytes, rel, sec_name: str, prog_type: int,  # type: ignore[no-untyped-def]
-                   symbols: list, index_of: dict[int, str],  # type: ignore[type-arg]
-                   map_syms: dict[int, str]) -> None:
-    funcs = [s for s in symbols if s["st_info"]["type"] == "STT_FUNC"
-             and s["st_info"]["bind"] == "STB_GLOBAL" and index_of.get(s["st_shndx"]) == sec_name]
-    relocs = list(rel.iter_relocations()) if rel is not None else []
-    for sym in funcs:
-        start, size = sym["st_value"], sym["st_size"]
+def _read_programs(obj: ElfObject, code: bytes, relocs: list[tuple[int, int]], sec_name: str,
+                   prog_type: int, symbols: list[_Sym]) -> None:
+    for sym in symbols:
+        if (sym.kind, sym.bind, sym.section) != (STT_FUNC, STB_GLOBAL, sec_name):
+            continue
+        start, size = sym.value, sym.size
         prog = Program(sym.name, prog_type, code[start:start + size], [])
-        for r in relocs:
-            if not start <= r["r_offset"] < start + size:
+        for offset, index in relocs:
+            if not start <= offset < start + size:
                 continue
-            target = map_syms.get(r["r_info_sym"])
-            if target is None:
-                raise ElfError(f"{obj.path}: {sym.name}: relocation to "
-                               f"{symbols[r['r_info_sym']].name!r} is not a map (calls and "
-                               "global data are not supported: inline them)")
-            prog.relocs.append(((r["r_offset"] - start) // 8, target))
+            target = symbols[index]
+            if target.section != ".maps":
+                raise ElfError(f"{obj.path}: {sym.name}: relocation to {target.name!r} is not "
+                               "a map (calls and global data are not supported: inline them)")
+            prog.relocs.append(((offset - start) // 8, target.name))
         obj.programs[sym.name] = prog
 
 
-def _read_ext(obj: ElfObject, data: bytes, symbols: list,  # type: ignore[type-arg]
-              index_of: dict[int, str]) -> None:
+def _read_ext(obj: ElfObject, data: bytes, symbols: list[_Sym]) -> None:
     """func_info and line_info of .BTF.ext, cut per program: the records of a section are
     byte offsets from the section's start; the kernel wants instruction indexes from the
     program's."""
     _magic, _ver, _flags, hdr_len, func_off, func_len, line_off, line_len = struct.unpack_from(
         "<HBBIIIII", data)
-    spans = {s.name: (s["st_value"], s["st_size"]) for s in symbols if s.name in obj.programs}
-
-    def records(off: int, length: int) -> Iterator[tuple[int, str, bytes]]:
+    spans = sorted((s.value, s.value + s.size, s.name) for s in symbols
+                   if s.name in obj.programs)
+    for kind, off, length in (("func", func_off, func_len), ("line", line_off, line_len)):
+        if not length:
+            continue
         pos, end = hdr_len + off, hdr_len + off + length
         rec_size = struct.unpack_from("<I", data, pos)[0]
         pos += 4
         while pos < end:
             sec_off, count = struct.unpack_from("<II", data, pos)
             pos += 8
-            sec = obj.btf.string(sec_off)
-            for _ in range(count):
-                yield rec_size, sec, data[pos:pos + rec_size]
-                pos += rec_size
-
-    for kind, off, length in (("func", func_off, func_len), ("line", line_off, line_len)):
-        if not length:
-            continue
-        for rec_size, sec, rec in records(off, length):
-            if sec not in PROG_SECTIONS:
+            block, pos = data[pos:pos + count * rec_size], pos + count * rec_size
+            if obj.btf.string(sec_off) not in PROG_SECTIONS:
                 continue
-            insn_off = struct.unpack_from("<I", rec)[0]
-            for name, (start, size) in spans.items():
-                if start <= insn_off < start + size:
-                    fixed = struct.pack("<I", (insn_off - start) // 8) + rec[4:]
-                    prog = obj.programs[name]
-                    if kind == "func":
-                        obj.func_rec = rec_size
-                        prog.func_info += fixed
-                    else:
-                        obj.line_rec = rec_size
-                        prog.line_info += fixed
+            cut: dict[str, list[bytes]] = {}
+            for i in range(0, len(block), rec_size):
+                insn_off = struct.unpack_from("<I", block, i)[0]
+                where = bisect.bisect_right(spans, (insn_off, 1 << 62)) - 1
+                if where < 0 or insn_off >= spans[where][1]:
+                    continue
+                start, _end, name = spans[where]
+                cut.setdefault(name, []).append(
+                    struct.pack("<I", (insn_off - start) // 8) + block[i + 4:i + rec_size])
+            for name, recs in cut.items():
+                prog = obj.programs[name]
+                if kind == "func":
+                    obj.func_rec, prog.func_info = rec_size, prog.func_info + b"".join(recs)
+                else:
+                    obj.line_rec, prog.line_info = rec_size, prog.line_info + b"".join(recs)
 
 
 def _patched(prog: Program, fds: dict[str, int]) -> bytes:
@@ -339,18 +365,27 @@ def load_and_pin(paths: Iterable[Path], stage: str, skip: Iterable[str] = ()) ->
     if missing:
         raise ElfError(f"programs {missing} are in none of {[o.path.name for o in objs]}")
     fds = _Fds()
+
+    def create(m: MapDef) -> int:
+        return fds.keep(syscall.map_create(m.map_type, m.key_size, m.value_size, m.max_entries,
+                                           m.flags, m.name, btf_fds[id(m.obj)], m.btf_key,
+                                           m.btf_value))
+
+    def load(name: str) -> int:
+        obj, prog = found[name]
+        return fds.keep(syscall.prog_load(syscall.ProgSpec(
+            name, _patched(prog, map_fds), obj.license, prog.prog_type, btf_fds[id(obj)],
+            prog.func_info, obj.func_rec, prog.line_info, obj.line_rec)))
+
     try:
         btf_fds = {id(obj): fds.keep(syscall.btf_load(bytes(obj.btf.data))) for obj in objs}
-        map_fds = {name: fds.keep(syscall.map_create(
-            m.map_type, m.key_size, m.value_size, m.max_entries, m.flags, name,
-            btf_fds[id(m.obj)], m.btf_key, m.btf_value)) for name, m in maps.items()}
-        prog_fds = {}
-        for name in wanted:
-            obj, prog = found[name]
-            prog_fds[name] = fds.keep(syscall.prog_load(syscall.ProgSpec(
-                name, _patched(prog, map_fds), obj.license, prog.prog_type,
-                btf_fds[id(obj)], prog.func_info, obj.func_rec, prog.line_info,
-                obj.line_rec)))
+        # The kernel's work (preallocating the LRU maps, verifying) runs in parallel: bpf(2)
+        # through ctypes releases the GIL. Largest first, so the slowest start first.
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            order = sorted(maps.values(), key=lambda m: -m.max_entries * m.value_size)
+            map_fds = dict(zip((m.name for m in order), pool.map(create, order), strict=True))
+            by_size = sorted(wanted, key=lambda n: -len(found[n][1].insns))
+            prog_fds = dict(zip(by_size, pool.map(load, by_size), strict=True))
         elapsed = time.monotonic() - started
         for sub in ("progs", "maps"):
             os.makedirs(os.path.join(stage, sub), mode=0o700, exist_ok=True)
