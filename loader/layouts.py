@@ -234,12 +234,16 @@ def _bcc_map(m: MapSpec) -> str:
     these functions, where the rewriter sees plain method calls. bcc has no update with
     BPF_EXIST: it is a lookup then an update (not atomic; the ELF build is)."""
     k, v, n = m.c_key, m.c_value, m.name
+    if m.kind == "array":  # every slot exists: an update is all there is
+        update = f"    return {n}.update(k, v);\n"
+    else:
+        update = (f"    if (flags == BPF_NOEXIST)\n        return {n}.insert(k, v);\n"
+                  f"    if (flags == BPF_EXIST && !{n}.lookup(k))\n"
+                  f"        return -2; /* ENOENT */\n    return {n}.update(k, v);\n")
     return (f"BPF_F_TABLE(\"{m.kind}\", {k}, {v}, {n}, {m.max_entries}, {m.flags});\n"
             f"static __always_inline {v} *{n}__lookup({k} *k) {{ return {n}.lookup(k); }}\n"
             f"static __always_inline long {n}__update({k} *k, {v} *v, __u64 flags) {{\n"
-            f"    if (flags == BPF_NOEXIST)\n        return {n}.insert(k, v);\n"
-            f"    if (flags == BPF_EXIST && !{n}.lookup(k))\n        return -2; /* ENOENT */\n"
-            f"    return {n}.update(k, v);\n}}\n"
+            f"{update}}}\n"
             f"static __always_inline long {n}__delete({k} *k) {{ return {n}.delete(k); }}")
 
 

@@ -49,7 +49,7 @@ def helper(func_id: int, prog_type: int = syscall.PROG_TYPE_SCHED_CLS) -> bool:
     insns = _insn(_CALL, imm=func_id) + _insn(_EXIT)
     try:
         fd = syscall.prog_load(syscall.ProgSpec("ferry_probe", insns, prog_type=prog_type,
-                                                log_level=1))
+                                                log_level=1, log_size=1 << 16))
     except syscall.VerifierError as e:
         return "invalid func " not in e.log and "unknown func " not in e.log
     os.close(fd)

@@ -97,6 +97,7 @@ class ProgSpec:
     line_info: bytes = b""
     line_info_rec_size: int = 0
     log_level: int = 0  # 0: no log unless the load fails (then retried with level 1)
+    log_size: int = LOG_SIZE  # a probe's short log needs 64 KiB, not 16 MiB of resident memory
 
 
 def prog_load(spec: ProgSpec) -> int:
@@ -120,7 +121,7 @@ def prog_load(spec: ProgSpec) -> int:
         return _call(PROG_LOAD, _attr(payload, 160))
 
     if spec.log_level:
-        log = ct.create_string_buffer(LOG_SIZE)
+        log = ct.create_string_buffer(spec.log_size)
         try:
             return attempt(spec.log_level, log)
         except BpfError as e:
