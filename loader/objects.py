@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.resources
 import os
 import shutil
 import subprocess
@@ -25,7 +26,7 @@ from pathlib import Path
 
 from loader.layouts import c_header
 
-BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
+BPF_DIR = Path(str(importlib.resources.files("bpf")))  # the sources, and the objects' home
 # object file -> its source; both include common.h and the generated ferry_layouts.h.
 OBJECTS = {"snat.o": "snat.c", "redirect.o": "redirect.c"}
 HEADERS = ("common.h",)

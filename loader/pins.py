@@ -30,8 +30,10 @@ from loader.layouts import LAYOUT_VERSION, LOADERS, MAPS, PROGRAMS, Meta, c_head
 from loader.maps import PinnedMap
 
 DEFAULT_ROOT = "/sys/fs/bpf/ferry"
+# The `bpf` package holds the sources and the prebuilt objects as package data: beside loader/
+# in a checkout, in site-packages after a wheel install.
 BPF_DIR = objects.BPF_DIR
-OBJECT_DIR = BPF_DIR  # the prebuilt objects are package data next to the sources
+OBJECT_DIR = BPF_DIR
 LOADER_CHOICES = ("auto", "elf", "bcc")
 SOURCES = ("common.h", "snat.c", "redirect.c")  # one unit: the programs share the maps
 BPFFS_MAGIC = 0xCAFE4A11
