@@ -23,7 +23,6 @@ import argparse
 import json
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -33,7 +32,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness import FERRYD, Node, uid
+from harness import Agent, Node, uid
 
 from loader import elf, objects, pins
 
@@ -80,20 +79,11 @@ def ferryd_memory(loader: str, pods: int) -> dict[str, Any]:
                          agentSocket=str(node.tmp / "ferryd.sock"),
                          ipam={"ranges": [[{"subnet": "10.20.0.0/20"}]]},
                          log={"file": str(node.tmp / "ferry.log"), "level": "warning"})
-        conflist = node.tmp / "ferry.conflist"
-        conflist.write_text(json.dumps({"cniVersion": conf["cniVersion"], "name": conf["name"],
-                                        "plugins": [{k: v for k, v in conf.items()
-                                                     if k not in ("name", "cniVersion")}]}))
-        proc = subprocess.Popen(
-            ["nsenter", f"--net={node.ns.path}", FERRYD, "--config", str(conflist),
-             "--grpc-socket", str(node.tmp / "grpc.sock"), "--metrics", "off"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        agent = Agent(node, conf)
+        agent.start()
         try:
-            assert proc.stdout is not None
-            line = proc.stdout.readline()
-            if not line:
-                raise SystemExit(f"ferryd ({loader}) did not start: {proc.stderr.read()}")
-            pid = int(json.loads(line)["pid"])
+            assert agent.proc is not None
+            pid = agent.proc.pid  # nsenter exec'd ferryd
             time.sleep(1.0)
             idle = rss_kb(pid)
             started = time.monotonic()
@@ -107,11 +97,7 @@ def ferryd_memory(loader: str, pods: int) -> dict[str, Any]:
             return {"idle_kb": idle["VmRSS"], "pods_kb": loaded["VmRSS"],
                     "peak_kb": loaded["VmHWM"], "llvm_mapped": llvm, "add_s": add_s}
         finally:
-            proc.terminate()
-            proc.wait(timeout=30)
-            for stream in (proc.stdout, proc.stderr):
-                if stream:
-                    stream.close()
+            agent.stop()
             shutil.rmtree(conf["bpffsRoot"], ignore_errors=True)
 
 

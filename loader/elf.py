@@ -181,10 +181,10 @@ class _Sym:
 STT_OBJECT, STT_FUNC, STB_GLOBAL = 1, 2, 1
 
 
-def _symbols(elf: ELFFile, names: list[str]) -> list[_Sym]:
+def _symbols(sections: list, names: list[str]) -> list[_Sym]:  # type: ignore[type-arg]
     """.symtab by struct (Elf64_Sym): pyelftools' per-symbol parse is most of a load's time."""
-    symtab = elf.get_section_by_name(".symtab")
-    strtab = elf.get_section(symtab["sh_link"]).data()
+    symtab = sections[names.index(".symtab")]
+    strtab = sections[symtab["sh_link"]].data()
     out = []
     for name_off, info, _other, shndx, value, size in struct.iter_unpack(
             "<IBBHQQ", symtab.data()):
@@ -212,7 +212,7 @@ def parse(path: Path) -> ElfObject:
             if need not in secs:
                 raise ElfError(f"{path}: no {need} section (build it with loader/objects.py)")
         license_ = secs["license"].data().split(b"\0", 1)[0].decode()
-        symbols = _symbols(elf, names)
+        symbols = _symbols(sections, names)
         btf = Btf(secs[".BTF"].data())
         btf.fix_datasecs({name: s["sh_size"] for name, s in secs.items()},
                          {s.name: s.value for s in symbols if s.kind == STT_OBJECT})

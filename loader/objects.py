@@ -18,6 +18,7 @@ import hashlib
 import importlib.resources
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import sysconfig
@@ -54,16 +55,29 @@ def source_digest(bpf_dir: Path = BPF_DIR) -> str:
     return h.hexdigest()
 
 
+def _section(data: bytes, name: str) -> bytes | None:
+    """One section of a little-endian ELF64 file, by name (the section headers read with
+    struct: no pyelftools, so the build's own tools need only the standard library)."""
+    if data[:4] != b"\x7fELF" or data[4:6] != b"\x02\x01":
+        return None
+    shoff, = struct.unpack_from("<Q", data, 0x28)
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
+    headers = [struct.unpack_from("<IIQQQQ", data, shoff + i * shentsize) for i in range(shnum)]
+    names_at, names_size = headers[shstrndx][4], headers[shstrndx][5]
+    names = data[names_at:names_at + names_size]
+    want = name.encode()
+    for sh_name, _type, _flags, _addr, offset, size in headers:
+        if names[sh_name:names.index(b"\0", sh_name)] == want:
+            return data[offset:offset + size]
+    return None
+
+
 def built_from(obj: Path) -> str | None:
     """The source digest an object was built from; None if it has none or is unreadable."""
-    from elftools.common.exceptions import ELFError
-    from elftools.elf.elffile import ELFFile
-
     try:
-        with obj.open("rb") as f:
-            sec = ELFFile(f).get_section_by_name(DIGEST_SECTION)
-            return sec.data().split(b"\0", 1)[0].decode() if sec is not None else None
-    except (OSError, ELFError, UnicodeDecodeError):
+        sec = _section(obj.read_bytes(), DIGEST_SECTION)
+        return sec.split(b"\0", 1)[0].decode() if sec is not None else None
+    except (OSError, struct.error, ValueError, IndexError):
         return None
 
 

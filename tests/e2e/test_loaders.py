@@ -20,7 +20,7 @@ from dataplane_support import (
     dataplane_node,
     recorder,
 )
-from harness import FERRYD
+from harness import FERRYD, Agent
 
 pytestmark = pytest.mark.e2e
 
@@ -97,18 +97,9 @@ def test_auto_without_kernel_headers_or_bcc_uses_the_elf_objects() -> None:
         node = en.node
         add_eni(node)
         conf = {**en.conf, "agentSocket": str(node.tmp / "ferryd.sock")}
-        conflist = node.tmp / "ferry.conflist"
-        plugin = {k: v for k, v in conf.items() if k not in ("name", "cniVersion")}
-        conflist.write_text(json.dumps({"cniVersion": conf["cniVersion"], "name": conf["name"],
-                                        "plugins": [plugin]}))
-        ferryd = subprocess.Popen(
-            bare("nsenter", f"--net={node.ns.path}", FERRYD, "--config", str(conflist),
-                 "--grpc-socket", str(node.tmp / "grpc.sock"), "--metrics", "off"),
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        agent = Agent(node, conf, prefix=tuple(bare()))
+        agent.start()
         try:
-            assert ferryd.stdout is not None
-            ready = ferryd.stdout.readline()
-            assert ready and json.loads(ready)["ready"], ferryd.stderr.read() if not ready else ""
             info = en.inspect()
             assert info["loaded"] and info["loader"] == "elf"
             log = Path(conf["log"]["file"]).read_text()
@@ -130,8 +121,4 @@ def test_auto_without_kernel_headers_or_bcc_uses_the_elf_objects() -> None:
             for pod in (plain, eni_pod):
                 node.cni("DEL", pod, conf).ok()
         finally:
-            ferryd.terminate()
-            ferryd.wait(timeout=30)
-            for stream in (ferryd.stdout, ferryd.stderr):
-                if stream:
-                    stream.close()
+            agent.stop()
