@@ -143,8 +143,10 @@ class StateStore:
 
     def load(self, container_id: str, ifname: str) -> Attachment | None:
         att = self._read(self._path(container_id, ifname))
-        if att is None:  # a node upgraded from the old scheme; decode() checks the holder
+        if att is None:  # a node upgraded from the old scheme: the file may be another's
             att = self._read(self.dir / legacy_name(container_id, ifname))
+            if att is not None and (att.container_id, att.ifname) != (container_id, ifname):
+                return None
         return att
 
     def save(self, att: Attachment) -> None:

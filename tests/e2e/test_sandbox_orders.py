@@ -22,6 +22,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from dataplane_support import (
+    ENI_GW,
+    ENI_NODE,
+    add_eni,
+    arrivals,
+    client,
+    dataplane_node,
+    recorder,
+    tc_show,
+)
+from dataplane_support import MODES as DATAPLANES
 from harness import FERRY, Agent, Netns, Node, Pod, exec_plugin, ping, uid
 
 MODES = ["standalone", "ferryd"]
@@ -294,3 +305,30 @@ def test_ferryd_start_keeps_ferry_egress_veths() -> None:
             assert veth in node2.ns.ip("-o", "link", "show")
             assert ping(pod.ns, node2.node_ip4)
         chain_exec(node2, plugins, "DEL", pod)
+
+
+# --- a pod-ENI pod's sandbox re-created -------------------------------------------------------
+
+@pytest.mark.parametrize("mode", DATAPLANES)
+def test_pod_eni_of_the_recreated_sandbox_survives_the_old_del(mode: str) -> None:
+    """ADD(2) while sandbox 1 of a pod-ENI pod is attached, then DEL(1): 2 still sends and
+    receives through the ENI (1's DEL used to take the ENI's filter away)."""
+    with dataplane_node(mode) as en:
+        node = en.node
+        add_eni(node)
+        conf = {**en.conf, "runtimeConfig": {"podENI": {"device": "eni1", "gateway": ENI_GW}}}
+        old, new = sandbox(node, "branch"), sandbox(node, "branch")
+        cni(node, conf, "ADD", old)
+        cni(node, conf, "ADD", new)
+        cni(node, en.conf, "DEL", old)
+        pod_ip = new.ips(4)[0]
+        node.ext.ip("route", "add", f"{pod_ip}/32", "via", ENI_NODE, "dev", "vpc1")
+        with recorder(node.ext, "tcp", node.ext_ip4, 8090) as srv:
+            client(new.ns, "tcp", node.ext_ip4, 8090)
+            [(src, _, dev)] = arrivals(srv, 1)
+        assert (src, dev) == (pod_ip, "vpc1"), "the new sandbox no longer uses its ENI"
+        assert [r["ip"] for r in en.inspect()["redirects"]] == [pod_ip]
+        if mode == "ebpf":  # replies would still be routed without it: look at the filter
+            assert "ferry_eni_in" in tc_show(node.ns, "eni1", "ingress")
+        cni(node, en.conf, "DEL", new)
+        assert en.inspect()["redirects"] == []
