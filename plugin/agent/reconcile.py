@@ -30,6 +30,7 @@ from plugin.config import VETH_HASH_CHARS, NetConf
 from plugin.dataplane import Dataplane
 from plugin.ipam.allocator import Allocator
 from plugin.log import log
+from plugin.protocol import CniError
 from plugin.rtnl import Link, Rtnl
 from plugin.state import (
     EGRESS_DIR,
@@ -90,7 +91,7 @@ def reconcile(conf: NetConf, dataplane: Dataplane) -> Report:
                     report.released.append(key)
                 elif link is not None and _repair(host, host_routes, link.index, att):
                     report.repaired.append(key)
-            except OSError as e:
+            except (OSError, CniError) as e:  # one record must not keep ferryd from serving
                 log.error("reconcile: %s: %s", key, e)
                 report.failed.append(f"{key}: {e}")
         report.quarantined = [f"{name}: {why}" for name, why in states.quarantined()]

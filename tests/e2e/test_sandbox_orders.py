@@ -138,6 +138,9 @@ def test_add_while_the_old_sandbox_is_still_attached(
     assert_working(node, conf, new)
     assert held_ips(conf, old), "the old sandbox lost its reservations before its DEL"
     assert not set(old.ips(4)) & set(new.ips(4)), "both sandboxes got the same IP"
+    check = exec_plugin(FERRY, "CHECK", {**conf, "prevResult": old.result}, node=node.ns,
+                        container_id=old.container_id, netns=old.ns.path, args=old.args)
+    check.error(103)  # the old sandbox lost its pair: CHECK says so, kubelet re-creates
     cni(node, conf, "DEL", old)
     assert_working(node, conf, new)
     assert_released(node, conf, old)
