@@ -310,9 +310,12 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         shutil.rmtree(self.dir, ignore_errors=True)
         # The shims' socket dir is fixed in 1.6 (/run/containerd/s); the shims remove their
         # sockets, and rmdir takes the dirs only if nothing else (another containerd) is left.
-        for d in (*(f"/run/containerd/runc/{ns}" for ns in self.namespaces),
-                  "/run/containerd/s", "/run/containerd/fifo", "/run/containerd/runc",
-                  "/run/containerd"):
+        # `ctr run` keeps runc's state under /run/containerd/runc/<ns>: ours (unique names)
+        # go whole; k8s.io's only if empty (another containerd may use that name).
+        for ns in self.namespaces - {K8S_NS}:
+            shutil.rmtree(f"/run/containerd/runc/{ns}", ignore_errors=True)
+        for d in (f"/run/containerd/runc/{K8S_NS}", "/run/containerd/s",
+                  "/run/containerd/fifo", "/run/containerd/runc", "/run/containerd"):
             with contextlib.suppress(OSError):
                 os.rmdir(d)
 
