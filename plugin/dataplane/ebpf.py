@@ -233,9 +233,18 @@ class Ebpf:
             if host_idx is not None:
                 tc.detach(ipr, host_idx, "ingress")
             eni_idx = ifindex(att.pod_eni["device"])
-            if eni_idx is not None:
+            if eni_idx is not None and not _eni_shared(conf, att):
                 tc.detach(ipr, eni_idx, "ingress")
                 tc.drop_clsact_if_empty(ipr, eni_idx)
+
+
+def _eni_shared(conf: NetConf, att: Attachment) -> bool:
+    """Whether another attachment uses att's pod ENI (the pod's newer sandbox, which took
+    the pod over before att's DEL): its filter on the ENI then stays."""
+    assert att.pod_eni is not None
+    return any(o.pod_eni and o.pod_eni["device"] == att.pod_eni["device"]
+               and (o.container_id, o.ifname) != (att.container_id, att.ifname)
+               for o in StateStore(conf.state_dir, conf.name, conf.veth_prefix).all())
 
 
 def resolve_uplink(conf: NetConf, ipr: IPRoute) -> tuple[str, int, ipaddress.IPv4Address]:
