@@ -43,7 +43,8 @@ CONSTANTS = {"EP_F_POD_ENI": EP_F_POD_ENI, "NAT_RETRIES": 128, "ETH_HLEN": 14,
              **{f"STAT_{name.upper()}": i for i, name in enumerate(STATS)},
              "STAT_COUNT": len(STATS)}
 # Overridable by a -D compile flag: the eBPF load passes natMaxEntries.
-DEFAULTS = {"FERRY_NAT_MAX": 65536}
+NAT_MAX = 65536
+DEFAULTS = {"FERRY_NAT_MAX": NAT_MAX}
 
 
 class _Struct(ct.Structure):
@@ -167,11 +168,17 @@ class Redirect(_Struct):
 
 
 class Meta(_Struct):
-    """The loader's record in bpffs (regular files cannot live there): which build is pinned."""
+    """The loader's record in bpffs (regular files cannot live there): which build is pinned,
+    by which loader (LOADERS), and the kernel features its load found missing (FEATURES bits:
+    the programs needing them were not loaded)."""
 
     c_name = "meta"
     _fields_ = [("hash", ct.c_uint8 * 32), ("compiled_at", ct.c_uint64),
-                ("layout_version", ct.c_uint32), ("pad", ct.c_uint32)]
+                ("layout_version", ct.c_uint32), ("loader", ct.c_uint32),
+                ("missing", ct.c_uint32), ("pad", ct.c_uint32)]
+
+
+LOADERS = {1: "bcc", 2: "elf"}  # Meta.loader
 
 
 @dataclass(frozen=True)
@@ -180,8 +187,23 @@ class MapSpec:
     kind: str  # bcc table type; BPF_MAP_TYPE_<KIND.upper()> for clang and bpf(2)
     key: type[_Struct] | type[ct.c_uint32]  # array maps: the kernel wants a plain u32 key
     value: type[_Struct]
-    max_entries: int | str  # a str: a macro of DEFAULTS, set at compile time
+    max_entries: int  # the default build's (the prebuilt objects')
     flags: str = "0"
+    # A macro of DEFAULTS for the size, which a -D compile flag can change (bcc builds: the
+    # ELF loader takes the objects' sizes, and a compile flag makes `auto` choose bcc).
+    size_macro: str = ""
+
+    @property
+    def c_max_entries(self) -> str:
+        return self.size_macro or str(self.max_entries)
+
+    @property
+    def key_size(self) -> int:
+        return ct.sizeof(self.key)
+
+    @property
+    def value_size(self) -> int:
+        return ct.sizeof(self.value)
 
     @property
     def c_key(self) -> str:
@@ -196,14 +218,18 @@ MAPS: dict[str, MapSpec] = {m.name: m for m in (
     MapSpec("ferry_endpoints", "hash", Ip4Key, Endpoint, 16384),
     MapSpec("ferry_snat_excl", "lpm_trie", Lpm4Key, Excluded, 1024, "BPF_F_NO_PREALLOC"),
     MapSpec("ferry_nat_cfg", "array", ct.c_uint32, NatConfig, 1),
-    MapSpec("ferry_nat_fwd", "lru_hash", NatTuple4, NatEntry4, "FERRY_NAT_MAX"),
-    MapSpec("ferry_nat_rev", "lru_hash", NatTuple4, NatEntry4, "FERRY_NAT_MAX"),
+    MapSpec("ferry_nat_fwd", "lru_hash", NatTuple4, NatEntry4, NAT_MAX,
+            size_macro="FERRY_NAT_MAX"),
+    MapSpec("ferry_nat_rev", "lru_hash", NatTuple4, NatEntry4, NAT_MAX,
+            size_macro="FERRY_NAT_MAX"),
     MapSpec("ferry_redirect", "hash", Ip4Key, Redirect, 4096),
     # IPv6 SNAT: the same roles as the four IPv4 maps above (names: 15 chars at most).
     MapSpec("ferry_endpoint6", "hash", Ip6Key, Endpoint, 16384),
     MapSpec("ferry_snat_ex6", "lpm_trie", Lpm6Key, Excluded, 1024, "BPF_F_NO_PREALLOC"),
-    MapSpec("ferry_nat_fwd6", "lru_hash", NatTuple6, NatEntry6, "FERRY_NAT_MAX"),
-    MapSpec("ferry_nat_rev6", "lru_hash", NatTuple6, NatEntry6, "FERRY_NAT_MAX"),
+    MapSpec("ferry_nat_fwd6", "lru_hash", NatTuple6, NatEntry6, NAT_MAX,
+            size_macro="FERRY_NAT_MAX"),
+    MapSpec("ferry_nat_rev6", "lru_hash", NatTuple6, NatEntry6, NAT_MAX,
+            size_macro="FERRY_NAT_MAX"),
     # IPv4 fragments of NATed datagrams in flight (Cilium keeps 8k), both directions.
     MapSpec("ferry_frag4", "lru_hash", Frag4Key, Frag4Ports, 8192),
     MapSpec("ferry_stats", "percpu_array", ct.c_uint32, Counter, len(STATS)),
@@ -211,8 +237,9 @@ MAPS: dict[str, MapSpec] = {m.name: m for m in (
 )}
 # Programs: function name in bpf/*.c == kernel prog name (15 chars max) == pin file name.
 PROGRAMS = ("ferry_snat_eg", "ferry_snat_in", "ferry_eni_eg", "ferry_eni_in")
-# 2: IPv6 maps, nat_config.node_ip6; 3: TCP state, randomize, fragments, counters
-LAYOUT_VERSION = 3
+# 2: IPv6 maps, nat_config.node_ip6; 3: meta.loader, meta.missing; 4: TCP state, randomize,
+# fragments, counters
+LAYOUT_VERSION = 4
 
 _C_TYPES = {ct.c_uint8: "__u8", ct.c_uint16: "__u16", ct.c_uint32: "__u32",
             ct.c_uint64: "__u64"}
@@ -263,7 +290,7 @@ def c_header(build: str = "bcc") -> str:
 def _clang_map(m: MapSpec) -> str:
     """A BTF-defined map, as libbpf declares them: the key and value types travel in BTF."""
     return (f"struct {{\n    __uint(type, BPF_MAP_TYPE_{m.kind.upper()});\n"
-            f"    __uint(max_entries, {m.max_entries});\n"
+            f"    __uint(max_entries, {m.c_max_entries});\n"
             f"    __type(key, {m.c_key});\n    __type(value, {m.c_value});\n"
             f"    __uint(map_flags, {m.flags});\n}} {m.name} SEC(\".maps\");")
 
@@ -274,12 +301,16 @@ def _bcc_map(m: MapSpec) -> str:
     these functions, where the rewriter sees plain method calls. bcc has no update with
     BPF_EXIST: it is a lookup then an update (not atomic; the ELF build is)."""
     k, v, n = m.c_key, m.c_value, m.name
-    return (f"BPF_F_TABLE(\"{m.kind}\", {k}, {v}, {n}, {m.max_entries}, {m.flags});\n"
+    if m.kind == "array":  # every slot exists: an update is all there is
+        update = f"    return {n}.update(k, v);\n"
+    else:
+        update = (f"    if (flags == BPF_NOEXIST)\n        return {n}.insert(k, v);\n"
+                  f"    if (flags == BPF_EXIST && !{n}.lookup(k))\n"
+                  f"        return -2; /* ENOENT */\n    return {n}.update(k, v);\n")
+    return (f"BPF_F_TABLE(\"{m.kind}\", {k}, {v}, {n}, {m.c_max_entries}, {m.flags});\n"
             f"static __always_inline {v} *{n}__lookup({k} *k) {{ return {n}.lookup(k); }}\n"
             f"static __always_inline long {n}__update({k} *k, {v} *v, __u64 flags) {{\n"
-            f"    if (flags == BPF_NOEXIST)\n        return {n}.insert(k, v);\n"
-            f"    if (flags == BPF_EXIST && !{n}.lookup(k))\n        return -2; /* ENOENT */\n"
-            f"    return {n}.update(k, v);\n}}\n"
+            f"{update}}}\n"
             f"static __always_inline long {n}__delete({k} *k) {{ return {n}.delete(k); }}")
 
 

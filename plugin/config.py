@@ -149,6 +149,9 @@ class NetConf(_Model):
     nat_max_entries: int = Field(65536, alias="natMaxEntries", ge=1024, le=1 << 22)
     nat_timeouts: NatTimeouts = Field(NatTimeouts(), alias="natTimeouts")
     bpffs_root: str = Field("/sys/fs/bpf/ferry", alias="bpffsRoot")
+    # How the eBPF programs get into the kernel (loader/pins.py): the prebuilt ELF objects
+    # ("elf"), bcc compiling on the node ("bcc"), or "auto": the objects when present.
+    loader: Literal["auto", "elf", "bcc"] = "auto"
     uplink: str | None = None  # default: the device holding nodeIP, else the default route's
     veth_prefix: str = Field("fry", alias="vethPrefix", min_length=1,
                              max_length=15 - VETH_HASH_CHARS, pattern=r"^[a-zA-Z][a-zA-Z0-9]*$")

@@ -13,7 +13,7 @@ cd "$(dirname "$(readlink -f "$0")")/.."
 
 PKGS=(iproute2 iptables containernetworking-plugins linux-headers-amd64 python3-bpfcc
       bpfcc-tools bpftool iperf3 iputils-ping python3-venv python3-pip util-linux procps kmod
-      podman runc busybox-static ethtool nftables clang libbpf-dev linux-libc-dev
+      podman runc busybox-static ethtool nftables clang libbpf-dev linux-libc-dev containerd
       wrk nginx)  # wrk, nginx: bench/dataplanes.py's HTTP load generator and server
 missing=()
 for p in "${PKGS[@]}"; do
@@ -41,6 +41,10 @@ if [[ ! -x .venv/bin/python ]]; then
     /usr/bin/python3 -m venv --system-site-packages .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
+# The prebuilt BPF objects (bpf/*.o) the ELF loader loads, built here and not on the node
+# (stdlib only, so before the venv has ferry): package data of the install below. The wheel
+# build (setup.py) builds them too, for `pip wheel .` outside this script.
+python3 -m loader.objects bpf >/dev/null
 # A regular (non-editable) install, as a user or a wheel gets it: the tests then prove the
 # package, not the checkout (bpf/ must be package data). FERRY_EDITABLE=1 for development.
 if [[ ${FERRY_EDITABLE:-0} == 1 ]]; then
@@ -49,8 +53,6 @@ else
     .venv/bin/python -m pip install -q --force-reinstall --no-deps .
     .venv/bin/python -m pip install -q '.[test]'
 fi
-# The prebuilt BPF objects (bpf/*.o) the ELF loader loads: built here, not on the node.
-.venv/bin/python -m loader.objects bpf >/dev/null
 
 # The runtime looks for plugins in CNI_PATH; install ours next to the reference ones.
 # FERRY_CNI_BIN (default /opt/cni/bin) lets a second checkout keep its binaries apart; the

@@ -54,6 +54,20 @@ class PoolCollector(Collector):
         yield free
 
 
+class RecordsCollector(Collector):
+    """Damaged attachment records set aside (quarantined, never acted on), at scrape time."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        from plugin.ctl import records
+
+        yield GaugeMetricFamily("ferry_state_quarantined_records",
+                                "Damaged attachment records quarantined",
+                                value=len(records(self.agent.conf)["quarantined"]))
+
+
 class NatCollector(Collector):
     """The dataplane's nat_stats at scrape time: eBPF maps and per-CPU counters, or conntrack.
     A dataplane that cannot be read (unloaded meanwhile) yields nothing rather than failing
@@ -102,4 +116,5 @@ class NatCollector(Collector):
 def serve(agent: Agent, host: str, port: int) -> None:
     REGISTRY.register(PoolCollector(agent))
     REGISTRY.register(NatCollector(agent))
+    REGISTRY.register(RecordsCollector(agent))
     start_http_server(port, addr=host, registry=REGISTRY)

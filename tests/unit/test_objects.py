@@ -1,5 +1,6 @@
-"""The clang build of bpf/*.c: both objects build, carry the sections the ELF loader reads,
-and come out byte for byte the same from the same source (wherever the checkout lives)."""
+"""The clang build of bpf/*.c (no kernel needed): both objects build, carry the sections the
+ELF loader reads, and come out byte for byte the same from the same source (wherever the
+checkout lives). The verifier check of the shipped objects is tests/e2e/test_objects_verifier."""
 
 from __future__ import annotations
 
@@ -42,3 +43,4 @@ def test_build_is_reproducible_across_checkouts(tmp_path: Path) -> None:
     (copy / "snat.c").write_text((copy / "snat.c").read_text() + "\n/* changed */\n")
     third = objects.build(tmp_path / "c", bpf_dir=copy)
     assert first[0].read_bytes() != third[0].read_bytes()  # the source decides the bytes
+
