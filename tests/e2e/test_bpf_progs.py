@@ -17,6 +17,7 @@ from packets import HOST_MAC, ICMP, ICMP6, POD_MAC, TCP, UDP, frame, parse
 from loader import pins, syscall
 from loader.layouts import (
     EP_F_POD_ENI,
+    RANDOMIZE,
     Endpoint,
     Excluded,
     Ip4Key,
@@ -55,10 +56,13 @@ class Loaded:
             ctx = bytes(36) + struct.pack("<I", ingress_ifindex)
         return syscall.prog_test_run(self.progs[prog], data, ctx)
 
-    def config(self, low: int = LOW, high: int = HIGH) -> None:
+    def config(self, low: int = LOW, high: int = HIGH, randomize: str = "none") -> None:
+        """randomizeSNAT none by default: the pod's port is kept when free, which makes the
+        translated port predictable."""
         with open_map(self.dir, "ferry_nat_cfg") as cfg:
             cfg.put(ctypes.c_uint32(0), NatConfig(node_ip=ip4(NODE4), port_min=low,
-                                                  port_max=high, node_ip6=ip6(NODE6)))
+                                                  port_max=high, node_ip6=ip6(NODE6),
+                                                  randomize=RANDOMIZE[randomize]))
 
     def clear_nat(self) -> None:
         for name in ("ferry_nat_fwd", "ferry_nat_rev", "ferry_nat_fwd6", "ferry_nat_rev6"):
