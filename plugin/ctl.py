@@ -86,6 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     except CniError as e:
         print(f"ferryctl {args.cmd}: {e}", file=sys.stderr)
         return 1
+    except Exception as e:  # one line here, the traceback in the log file
+        logging_setup.log_unexpected(e, f"ferryctl {args.cmd} failed")
+        print(f"ferryctl {args.cmd}: internal error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
     if args.json:
         print(json.dumps(out, indent=2))
     else:

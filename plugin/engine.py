@@ -17,6 +17,7 @@ from plugin import log as logging_setup
 from plugin.config import NetConf, parse, pod_eni
 from plugin.dataplane import select
 from plugin.log import log
+from plugin.paths import missing_dirs, remove_empty
 from plugin.protocol import CniError, Code, IPConfig, Request, Result
 from plugin.state import Attachment, StateStore
 
@@ -87,10 +88,12 @@ def provision(conf: NetConf, req: Request, att: Attachment, states: StateStore,
     """Record, IP, veth pair and dataplane state of one attachment, each step pushing its
     inverse on `undo` (the caller unwinds on failure). Shared by ferry's ADD and ferry-egress's
     (which passes its own req.ifname, the egress interface)."""
+    new_dirs = missing_dirs(states.dir)
+    undo.append(lambda: remove_empty(new_dirs))  # last undone: after the record went
     states.save(att)
     undo.append(lambda: states.remove(att.container_id, att.ifname))
-    allocated = ipam.add(conf, req)
-    undo.append(lambda: ipam.release(conf, req))
+    allocated, release = ipam.reserve(conf, req)
+    undo.append(release)
     ips = [IPConfig(ip.address, ip.gateway, interface=1) for ip in allocated.ips]
     if not ips:
         raise CniError(Code.INVALID_CONFIG, "IPAM returned no IP addresses")

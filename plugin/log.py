@@ -31,19 +31,56 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
+    """Every log file, the first and each one after a rotation, is created 0600: requests,
+    container ids and tracebacks are root's business only."""
+
+    def _open(self):  # type: ignore[no-untyped-def]
+        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+                     0o600)
+        os.fchmod(fd, 0o600)  # a file an older version created with the umask's mode
+        return os.fdopen(fd, "a", encoding=self.encoding, errors=self.errors)
+
+
 def setup(conf: LogConfig) -> None:
     """Point the 'ferry' logger at conf.file; fall back to stderr if it cannot be written."""
     if log.handlers:
         return
     handler: logging.Handler
     try:
-        Path(conf.file).parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.handlers.RotatingFileHandler(
+        Path(conf.file).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        handler = PrivateRotatingFileHandler(
             conf.file, maxBytes=conf.max_bytes, backupCount=conf.backups)
-        os.chmod(conf.file, 0o600)
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a NUL in the name
         handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     log.addHandler(handler)
     log.setLevel(conf.level.upper())
     log.propagate = False
+
+
+def setup_from_config(stdin: bytes) -> None:
+    """Best effort, for a failure before (or while) the config was validated: the config's
+    log file if it names a usable one, else the default one; never stderr, where a traceback
+    would end up in the runtime's face."""
+    if log.handlers:
+        return
+    from pydantic import ValidationError
+
+    try:
+        conf = LogConfig.model_validate(json.loads(stdin).get("log") or {})
+    except (ValueError, RecursionError, AttributeError, ValidationError):
+        conf = LogConfig()
+    setup(conf)
+    if any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
+           for h in log.handlers):
+        for h in list(log.handlers):
+            log.removeHandler(h)
+        log.addHandler(logging.NullHandler())
+
+
+def log_unexpected(e: BaseException, msg: str, stdin: bytes = b"") -> None:
+    """The traceback of an exception nobody expected, into the log file (set up from the
+    config on `stdin` when that has not happened yet), never onto stderr."""
+    setup_from_config(stdin)
+    log.error(msg, exc_info=e)

@@ -40,20 +40,31 @@ class StateStore:
     def load(self, container_id: str, ifname: str) -> Attachment | None:
         try:
             return Attachment(**json.loads(self._path(container_id, ifname).read_text()))
-        except (FileNotFoundError, ValueError, TypeError):
+        except (FileNotFoundError, NotADirectoryError, ValueError, TypeError):
             return None
 
     def save(self, att: Attachment) -> None:
         """Atomic write (tmp + rename) so a reader never sees half a record."""
-        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         path = self._path(att.container_id, att.ifname)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         # A shallow dict: the values are JSON already (asdict deep-copies them).
-        tmp.write_text(json.dumps({f.name: getattr(att, f.name) for f in fields(att)}))
-        tmp.replace(path)
+        text = json.dumps({f.name: getattr(att, f.name) for f in fields(att)})
+        for retry in (True, False):
+            self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            try:
+                tmp.write_text(text)
+                tmp.replace(path)
+                return
+            except FileNotFoundError:
+                # A rolled-back first ADD removed the (then empty) directory just now.
+                if not retry:
+                    raise
+            except BaseException:
+                tmp.unlink(missing_ok=True)  # a full disk: no half record left behind
+                raise
 
     def remove(self, container_id: str, ifname: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
             self._path(container_id, ifname).unlink()
 
     def temp_files(self) -> list[tuple[Path, int]]:
