@@ -47,14 +47,19 @@ def unexpected(e: BaseException, stdin: bytes = b"") -> "Any":
     """The CNI error for an exception nobody expected, its traceback in the log file (never
     on stderr). A file system call that failed (a full disk, a read-only store, a path
     through a regular file) is the node's I/O failing: code 5, not an internal error."""
+    import errno
+
     from plugin.log import log_unexpected
     from plugin.protocol import CniError, Code
     from plugin.rtnl import NetlinkError
 
     log_unexpected(e, "unexpected failure", stdin)
-    if isinstance(e, OSError) and not isinstance(e, NetlinkError) and e.filename is not None:
+    if isinstance(e, OSError) and not isinstance(e, NetlinkError) and (
+            e.filename is not None or e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS,
+                                                  errno.EIO)):
         return CniError(Code.IO_FAILURE, f"I/O failure: {e.strerror}", str(e))
-    return CniError(Code.INTERNAL, f"internal error: {type(e).__name__}", str(e))
+    return CniError(Code.INTERNAL, f"internal error: {type(e).__name__}",
+                    f"{type(e).__name__}: {e}")
 
 
 def _crash(e: BaseException, stdin: bytes) -> None:
@@ -62,6 +67,7 @@ def _crash(e: BaseException, stdin: bytes) -> None:
     try:
         import json
 
+        _enable_site_packages()  # the log (pydantic) is needed even on the relay path
         from plugin.protocol import reply_version
 
         err = unexpected(e, stdin).to_dict(reply_version(stdin))
