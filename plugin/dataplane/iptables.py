@@ -389,6 +389,10 @@ class Iptables:
         routing; whatever is already gone is skipped."""
         if att.pod_eni:
             _detach_eni(conf, att)
+        try:
+            Path(conf.state_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError:
+            return  # a stateDir that cannot exist: no ADD of this config made anything
         chain = chain_name(conf.name, att.container_id, att.ifname)
         with _locked(conf):
             rec = _node_record(conf)

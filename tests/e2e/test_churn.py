@@ -10,16 +10,14 @@ route or rule left, and the eBPF endpoint map is empty.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import random
 import signal
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import Agent, CniCall, Netns, Node, reservation_files, sh
+from harness import Agent, CniCall, Netns, Node, fill_disk, reservation_files, sh, tmpfs
 
 OPS = 500
 WORKERS = 4
@@ -36,32 +34,9 @@ class Slot:
     busy: bool = False
 
 
-@contextlib.contextmanager
-def store_disk(path: Path) -> Iterator[Path]:
-    path.mkdir(parents=True)
-    sh("mount", "-t", "tmpfs", "-o", "size=4m,mode=0755", "ferry-churn", str(path))
-    try:
-        yield path
-    finally:
-        sh("umount", "-l", str(path), check=False)
-
-
-def fill(path: Path) -> Path:
-    filler = path / "filler"
-    with contextlib.suppress(OSError), open(filler, "wb") as f:
-        while True:
-            f.write(b"\0" * 65536)
-            f.flush()
-    for i in range(256):  # the last partial pages
-        with contextlib.suppress(OSError), open(path / f"crumb{i}", "wb") as f:
-            f.write(b"\0" * 256)
-    return filler
-
-
-def unfill(path: Path) -> None:
-    for p in path.iterdir():
-        if p.name == "filler" or p.name.startswith("crumb"):
-            p.unlink()
+def unfill(files: list[Path]) -> None:
+    for f in files:
+        f.unlink(missing_ok=True)
 
 
 def valid(call: CniCall) -> str | None:
@@ -88,7 +63,7 @@ def endpoint_entries(network: str) -> list[object]:
 
 def test_churn_with_sigkills_and_a_full_disk_leaves_nothing(node: Node) -> None:
     rng = random.Random(SEED)
-    with store_disk(node.tmp / "store") as disk:
+    with tmpfs(node.tmp / "store", "4m") as disk:
         conf = node.conf(agentSocket=str(node.tmp / "ferryd.sock"), dataplane="ebpf",
                          nodeIP=node.node_ip4, stateDir=str(disk / "state"),
                          ipam={"dataDir": str(disk / "ipam")})
@@ -157,15 +132,16 @@ def test_churn_with_sigkills_and_a_full_disk_leaves_nothing(node: Node) -> None:
         def chaos() -> None:
             """SIGKILL ferryd at the chosen op counts; fill the disk once for 25 ops."""
             filled = None
+            fillers: list[Path] = []
             pending = list(kill_at)
             while True:
                 with lock:
                     now = done
                 if filled is None and now >= full_at:
                     filled = now
-                    fill(disk)
+                    fillers = fill_disk(disk)
                 elif filled is not None and filled >= 0 and now >= filled + 25:
-                    unfill(disk)
+                    unfill(fillers)
                     filled = -1
                 if pending and now >= pending[0]:
                     pending.pop(0)
@@ -173,7 +149,7 @@ def test_churn_with_sigkills_and_a_full_disk_leaves_nothing(node: Node) -> None:
                     agent.start()  # reconcile, then serve
                 if now >= OPS:
                     if filled is not None and filled >= 0:
-                        unfill(disk)
+                        unfill(fillers)
                     return
                 threading.Event().wait(0.02)
 

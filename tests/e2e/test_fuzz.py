@@ -230,12 +230,51 @@ def fuzz_node() -> Iterator[tuple[Node, Agent, list[Netns]]]:
                 pod.delete()
 
 
-def run(node: Node, case: Case, standalone: bool) -> CniCall:
+def run(node: Node, case: Case, standalone: bool, plugin: str = FERRY) -> CniCall:
     env = {**case.env, "CNI_COMMAND": case.command}
     if standalone:
         env["FERRY_STANDALONE"] = "1"
-    return exec_plugin(FERRY, case.command, case.stdin, node=node.ns,
+    return exec_plugin(plugin, case.command, case.stdin, node=node.ns,
                        env=env, omit=tuple(k for k, v in env.items() if not v))
+
+
+class Fuzz:
+    """Runs cases, judges the answers, keeps the counts and the violations."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.codes: Counter[str] = Counter()
+        self.violations: list[str] = []
+        self.runs = 0
+        self.before = snapshot(node)
+
+    def one(self, case: Case, n: int, path: str, plugin: str = FERRY) -> tuple[int, str]:
+        standalone = path != "ferryd"
+        call = run(self.node, case, standalone, plugin)
+        self.runs += 1
+        code, problems = judge(call, case.command)
+        self.codes[f"{case.command or '-'}:{code}"] += 1
+        where = f"case {n} {path} {case.command} {case.notes}"
+        self.violations += [f"{where}: {p}" for p in problems]
+        if code == 0 and case.command == "ADD":
+            undo = Case("DEL", case.env, case.stdin)
+            dcode, dproblems = judge(run(self.node, undo, standalone, plugin), "DEL")
+            self.runs += 1
+            if dcode != 0:
+                self.violations.append(f"{where}: DEL after a successful ADD gave {dcode}")
+            self.violations += [f"{where}: DEL: {p}" for p in dproblems]
+        after = snapshot(self.node)
+        if code != 0 and (diff := snapshot_diff(self.before, after)):
+            self.violations.append(f"{where}: the error changed the node:\n{diff[:1500]}")
+        self.before = after
+        return code, call.stdout[:300]
+
+    def report(self, what: str, cases: int) -> None:
+        print(f"\n[fuzz] {what}, seed {SEED}: {cases} cases, {self.runs} runs, "
+              f"{len(self.violations)} violations; codes (command:code): "
+              f"{dict(sorted(self.codes.items()))}")
+        assert not self.violations, (f"{len(self.violations)} violations:\n"
+                                     + "\n".join(self.violations[:30]))
 
 
 def test_fuzzed_requests_get_clean_answers(fuzz_node: tuple[Node, Agent, list[Netns]],
@@ -249,40 +288,40 @@ def test_fuzzed_requests_get_clean_answers(fuzz_node: tuple[Node, Agent, list[Ne
         warm.command = command
         assert run(node, warm, standalone=False).rc == 0
     mutator = Mutator(random.Random(SEED), node, pods)
-    codes: Counter[str] = Counter()
-    violations: list[str] = []
-    before = snapshot(node)
-    runs = 0
+    fuzz = Fuzz(node)
     for _ in range(fuzz_cases):
         case = mutator.case(base)
-        got = {}
-        answers = []
-        for standalone in (True, False):
-            path = "standalone" if standalone else "ferryd"
-            call = run(node, case, standalone)
-            runs += 1
-            code, problems = judge(call, case.command)
-            got[path] = code
-            answers.append(call.stdout[:300])
-            codes[f"{case.command or '-'}:{code}"] += 1
-            where = f"case {mutator.n} {path} {case.command} {case.notes}"
-            violations += [f"{where}: {p}" for p in problems]
-            if code == 0 and case.command == "ADD":
-                undo = Case("DEL", case.env, case.stdin)
-                dcode, dproblems = judge(run(node, undo, standalone), "DEL")
-                runs += 1
-                if dcode != 0:
-                    violations.append(f"{where}: DEL after a successful ADD gave {dcode}")
-                violations += [f"{where}: DEL: {p}" for p in dproblems]
-            after = snapshot(node)
-            if code != 0 and (diff := snapshot_diff(before, after)):
-                violations.append(f"{where}: the error changed the node:\n{diff[:1500]}")
-            before = after
-        if got["standalone"] != got["ferryd"]:
-            violations.append(f"case {mutator.n} {case.command} {case.notes}: standalone "
-                              f"answered {got['standalone']}, ferryd {got['ferryd']}: "
-                              f"{answers}")
+        (s_code, s_out), (d_code, d_out) = (fuzz.one(case, mutator.n, path)
+                                            for path in ("standalone", "ferryd"))
+        if s_code != d_code:
+            fuzz.violations.append(f"case {mutator.n} {case.command} {case.notes}: standalone "
+                                   f"answered {s_code}, ferryd {d_code}: {[s_out, d_out]}")
         assert agent.proc is not None and agent.proc.poll() is None, "ferryd died"
-    print(f"\n[fuzz] seed {SEED}: {fuzz_cases} cases, {runs} runs, "
-          f"{len(violations)} violations; codes (command:code): {dict(sorted(codes.items()))}")
-    assert not violations, f"{len(violations)} violations:\n" + "\n".join(violations[:30])
+    fuzz.report("ferry standalone and through ferryd", fuzz_cases)
+
+
+def egress_conf(node: Node, pod: Netns) -> dict[str, Any]:
+    """ferry-egress (egress-v4) chained after a main plugin that gave the pod IPv6 only."""
+    return {"cniVersion": "1.0.0", "name": node.network, "type": "ferry-egress",
+            "dataplane": "none", "nodeIP": node.node_ip4, "stateDir": str(node.tmp / "state"),
+            "log": {"file": str(node.tmp / "log" / "egress.log")},
+            "ipam": {"type": "host-local", "dataDir": str(node.tmp / "ipam-egress"),
+                     "ranges": [[{"subnet": "169.254.172.0/22"}]],
+                     "routes": [{"dst": "0.0.0.0/0"}]},
+            "prevResult": {"cniVersion": "1.0.0",
+                           "interfaces": [{"name": "eth0", "sandbox": pod.path}],
+                           "ips": [{"address": "fd20::9/120", "interface": 0}]}}
+
+
+@pytest.mark.parametrize("plugin", ["ferry-host-local", "ferry-egress"])
+def test_fuzzed_requests_to_the_ipam_and_egress_binaries_get_clean_answers(
+        fuzz_node: tuple[Node, Agent, list[Netns]], fuzz_cases: int, plugin: str) -> None:
+    node, agent, pods = fuzz_node
+    binary = f"{CNI_PATH}/{plugin}"
+    base = agent.conf if plugin == "ferry-host-local" else egress_conf(node, pods[0])
+    mutator = Mutator(random.Random(SEED + 1), node, pods)
+    fuzz = Fuzz(node)
+    cases = max(1, fuzz_cases // 4)
+    for _ in range(cases):
+        fuzz.one(mutator.case(base), mutator.n, "standalone", binary)
+    fuzz.report(plugin, cases)

@@ -26,9 +26,10 @@ from harness import (
     Node,
     Pod,
     exec_plugin,
+    fill_disk,
     reservation_files,
-    sh,
     snapshot_diff,
+    tmpfs,
 )
 
 ERROR_KEYS = {"cniVersion", "code", "msg", "details"}
@@ -251,38 +252,15 @@ def test_failed_add_on_new_stores_leaves_no_directory(node: Node) -> None:
     assert not fresh.exists(), sorted(str(p) for p in fresh.rglob("*"))
 
 
-@contextlib.contextmanager
-def tiny_tmpfs(path: Path, size: str = "64k") -> Iterator[Path]:
-    path.mkdir(parents=True)
-    sh("mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "ferry-test", str(path))
-    try:
-        yield path
-    finally:
-        sh("umount", "-l", str(path), check=False)
-
-
-def fill(path: Path) -> Path:
-    filler = path / "filler"
-    with contextlib.suppress(OSError), open(filler, "wb") as f:
-        while True:
-            f.write(b"\0" * 4096)
-            f.flush()
-    # tmpfs may still take a small file in a partly used page: fill to the last byte.
-    for i in range(64):
-        with contextlib.suppress(OSError), open(path / f"crumb{i}", "wb") as f:
-            f.write(b"\0" * 512)
-    return filler
-
-
 @pytest.mark.parametrize("full", ["state", "ipam"])
 def test_full_disk_add_leaves_no_record_or_reservation(node: Node, full: str) -> None:
     """A 64 KiB tmpfs as the state or the IPAM dir, filled up: each failed ADD leaves no
     half-written record, no ownerless reservation; DEL still works."""
-    with tiny_tmpfs(node.tmp / full) as disk:
+    with tmpfs(node.tmp / full, "64k") as disk:
         dirs = {"state": node.tmp / "state", "ipam": node.tmp / "ipam", full: disk}
         conf = node.conf(stateDir=str(dirs["state"]), ipam={"dataDir": str(dirs["ipam"])})
         first = node.add_pod("first", conf)  # the directories exist, the disk has room
-        fill(disk)
+        fill_disk(disk)
         before = node.snapshot()
         for _ in range(4):
             clean_error(node.cni("ADD", node.new_pod(), conf), 5)
