@@ -279,11 +279,15 @@ def load_file(path: str, plugin_type: str | None = None) -> tuple[NetConf, dict[
 
     try:
         data = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         raise CniError(Code.INVALID_CONFIG, f"cannot read network config {path}", str(e)) from None
-    if "plugins" in data:
-        entry = next((p for p in data["plugins"] if p.get("type") == plugin_type or
-                      (plugin_type is None and str(p.get("type", "")).startswith("ferry"))), None)
+    plugins = data.get("plugins") if isinstance(data, dict) else None
+    if not isinstance(data, dict) or (plugins is not None and not isinstance(plugins, list)):
+        raise CniError(Code.INVALID_CONFIG, f"{path} is not a network config or list")
+    if plugins is not None:
+        entry = next((p for p in plugins if isinstance(p, dict) and (
+            p.get("type") == plugin_type or
+            (plugin_type is None and str(p.get("type", "")).startswith("ferry")))), None)
         if entry is None:
             raise CniError(Code.INVALID_CONFIG,
                            f"{path} has no plugin of type {plugin_type or 'ferry*'}")

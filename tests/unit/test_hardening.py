@@ -173,3 +173,16 @@ def test_unusable_socket_paths_mean_no_agent(tmp_path: Path) -> None:
         assert relay.call(path, {b"CNI_COMMAND": b"ADD"}, b"{}") is None
     big = b"x" * (relay.MAX_REQUEST_BYTES + 1)
     assert relay.call(str(tmp_path / "none.sock"), {}, big) is None
+
+
+@pytest.mark.parametrize("text", ["[]", '{"plugins": 5}', '{"plugins": [1, "x"]}', "[" * 5000,
+                                  '{"name": "n", "plugins": [{"type": "ptp"}]}'])
+def test_malformed_conflist_is_a_config_error_for_ferryd_and_ferryctl(tmp_path: Path,
+                                                                      text: str) -> None:
+    from plugin.config import load_file
+
+    path = tmp_path / "x.conflist"
+    path.write_text(text)
+    with pytest.raises(CniError) as e:
+        load_file(str(path))
+    assert e.value.code == 7
