@@ -1,6 +1,6 @@
 """ADD+DEL wall time per pod: ferry against the reference Go plugins, side by side in one run.
 
-    sudo .venv/bin/python bench/add_del.py [--iterations 30] [--pods 50] [--dual]
+    .venv/bin/python bench/add_del.py [--iterations 30] [--pods 50] [--dual]
                                            [--memory-pods 1000]
 
 Modes (lettered as in the issue that asked for this benchmark; runs before 2026-11-23 had

@@ -1,7 +1,7 @@
 """eBPF vs iptables dataplane, side by side in one run: new TCP connections per second through
 the SNAT and iperf3 TCP throughput, with 1 pod and with 1,000 pods wired.
 
-    sudo .venv/bin/python bench/dataplanes.py [--seconds 3] [--pods 1000]
+    .venv/bin/python bench/dataplanes.py [--seconds 3] [--pods 1000]
 
 Per mode a simulated node (tests/harness.py, `ferryctl load`), one real pod wired by the
 `ferry` binary, and an 'ext' namespace with no route back to the pods (every flow is SNATed).

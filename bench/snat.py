@@ -1,6 +1,6 @@
 """Egress through the eBPF SNAT vs plain routing with no NAT, side by side in one run.
 
-    sudo .venv/bin/python bench/snat.py [--seconds 5] [--rounds 2]
+    .venv/bin/python bench/snat.py [--seconds 5] [--rounds 2]
 
 Two simulated nodes (tests/harness.py), each with one pod wired by the real `ferry` binary
 and an 'ext' namespace running iperf3 servers:

@@ -3,14 +3,16 @@
 #
 #   deploy/install.sh [--copy] [--conflist FILE]     install
 #   deploy/install.sh [--copy] --uninstall           remove what install put there
+#   deploy/install.sh --bin-only                     only the launchers (scripts/setup.sh)
 #
-# $CNI_BIN_DIR/ferry and ferry-host-local are small launchers, the same as scripts/setup.sh
-# writes: `#!<venv>/bin/python -IS`, the source directory put first on sys.path, main(). -IS
-# keeps the interpreter start-up minimal on the relay path; the code enables the venv's
-# site-packages itself when it needs them. Two ways to provide what they point at:
-#   link (default)  a node with a checkout (after scripts/setup.sh): the repo and its .venv.
-#   --copy          the DaemonSet's init container: the image's venv and source (plugin/,
-#                   loader/, bpf/) are copied to the host as $FERRY_HOME/ferry.<digest>, and
+# $CNI_BIN_DIR/{ferry,ferry-host-local,ferry-egress} are small launchers:
+# `#!<venv>/bin/python -IS`, the venv's site-packages (where ferry is pip-installed) put first
+# on sys.path, main(). -IS keeps the interpreter start-up minimal on the relay path; the code
+# enables the rest of site (Debian's bcc) itself when it needs it. Two ways to provide the
+# venv they point at:
+#   link (default)  a node where ferry is installed in $FERRY_VENV (scripts/setup.sh does it).
+#   --copy          the DaemonSet's init container: the image's venv (ferry installed in it)
+#                   is copied to the host as $FERRY_HOME/ferry.<digest>, and
 #                   $FERRY_HOME/current is switched to it atomically. The venv runs on the
 #                   host's interpreter (its pyvenv.cfg names it: /usr/bin/python3.11 for
 #                   Debian 12), which the node must have; python3-bpfcc is not copied.
@@ -22,9 +24,8 @@
 #                     required by --copy [""]
 #   CNI_BIN_DIR       the runtime's plugin directory, as a host path [/opt/cni/bin]
 #   CNI_CONF_DIR      the runtime's config directory, as a host path [/etc/cni/net.d]
-#   FERRY_VENV        the venv holding ferry's dependencies [<repo>/.venv]
-#   FERRY_SRC         the directory holding plugin/ [<repo>]
-#   FERRY_HOME        --copy: where venv and source go on the host [/opt/ferry]
+#   FERRY_VENV        the venv ferry is installed in [<repo>/.venv]
+#   FERRY_HOME        --copy: where the venv goes on the host [/opt/ferry]
 #   FERRY_STATE_DIR   ferry's state directory (the install manifest lives there) [/var/lib/ferry]
 #   REF_PLUGIN_DIR    the reference CNI plugins [/usr/lib/cni]
 #   FERRY_POD_CIDR, FERRY_POD_CIDR_V6
@@ -37,11 +38,11 @@ HOST_ROOT=${HOST_ROOT%/}
 CNI_BIN_DIR=${CNI_BIN_DIR:-/opt/cni/bin}
 CNI_CONF_DIR=${CNI_CONF_DIR:-/etc/cni/net.d}
 FERRY_VENV=${FERRY_VENV:-$here/../.venv}
-FERRY_SRC=${FERRY_SRC:-$here/..}
 FERRY_HOME=${FERRY_HOME:-/opt/ferry}
 FERRY_STATE_DIR=${FERRY_STATE_DIR:-/var/lib/ferry}
 REF_PLUGIN_DIR=${REF_PLUGIN_DIR:-/usr/lib/cni}
-declare -A BINARIES=([ferry]=plugin.cli [ferry-host-local]=plugin.ipam.cli)
+declare -A BINARIES=([ferry]=plugin.cli [ferry-host-local]=plugin.ipam.cli
+                    [ferry-egress]=plugin.egress.cli)
 
 mode=link action=install conflist=$here/10-ferry.conflist
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
@@ -49,6 +50,7 @@ while (($#)); do
     case $1 in
         --copy) mode=copy ;;
         --uninstall) action=uninstall ;;
+        --bin-only) action=bin-only ;;
         --conflist) conflist=${2:?--conflist needs a file}; shift ;;
         -h | --help) usage; exit 0 ;;
         *) echo "install.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
@@ -79,20 +81,31 @@ link() {
 
 python() { "$FERRY_VENV/bin/python" "$@"; }
 
-# Write the launcher for binary $1 (module $2) running <venv $3> with source dir <$4>,
-# unless the node has exactly that already; atomic (tmp + rename).
+# Where the venv's python imports ferry from (its site-packages; the checkout for an editable
+# install), as a path inside the venv when it is one, so that a copied venv keeps it.
+package_dir() {
+    local venv dir
+    venv=$(readlink -f "$FERRY_VENV")
+    dir=$(python -I -c 'import os, plugin; print(os.path.dirname(os.path.dirname(
+        os.path.realpath(plugin.__file__))))') || return 1
+    echo "${dir#"$venv"/}"
+}
+
+# Write the launcher for binary $1 (module $2) running <venv $3> with ferry's package dir <$4>
+# (relative: inside the venv), unless the node has exactly that already; atomic.
 launcher() {
-    local name=$1 module=$2 venv=$3 src=$4 dest=$bin_dir/$1 tmp
+    local name=$1 module=$2 venv=$3 pkg=$4 dest=$bin_dir/$1 tmp
+    [[ $pkg == /* ]] || pkg=$venv/$pkg
     tmp=$(mktemp "$bin_dir/.$name.XXXXXX")
     printf '#!%s/bin/python -IS\nimport sys\nsys.path.insert(0, "%s")\nfrom %s import main\nmain()\n' \
-        "$venv" "$src" "$module" >"$tmp"
+        "$venv" "$pkg" "$module" >"$tmp"
     chmod 0755 "$tmp"
     if [[ ! -L $dest ]] && cmp -s "$tmp" "$dest"; then
         rm -f "$tmp"
         return 0
     fi
     mv -f "$tmp" "$dest"
-    say "wrote $CNI_BIN_DIR/$name (launcher: $venv, $src)"
+    say "wrote $CNI_BIN_DIR/$name (launcher: $venv, $pkg)"
 }
 
 # The conflist with this node's pod CIDRs substituted, on stdout.
@@ -127,27 +140,22 @@ print("\n".join(p["type"] for p in json.load(open(sys.argv[1]))["plugins"]
                 if p["type"] not in ("ferry", "ferry-host-local")))' "$conflist"
 }
 
-# --copy: venv + source into $FERRY_HOME/ferry.<digest>; $FERRY_HOME/current -> it, swapped
+# --copy: the venv into $FERRY_HOME/ferry.<digest>; $FERRY_HOME/current -> it, swapped
 # atomically. Launchers name .../current, so a pod exec'd during the swap sees old or new.
 copy_bundle() {
-    local venv src dest_home digest bundle previous d
+    local venv dest_home digest bundle previous
     venv=$(readlink -f "$FERRY_VENV")
-    src=$(readlink -f "$FERRY_SRC")
     dest_home=$HOST_ROOT$FERRY_HOME
-    digest=$( { (cd "$venv" && find . -printf 'venv/%P %s %T@ %l\n')
-                (cd "$src" && find plugin loader bpf -name __pycache__ -prune -o \
-                     -printf 'src/%p %s %T@ %l\n' 2>/dev/null); } | sort | sha256sum | cut -c1-12)
+    digest=$( (cd "$venv" && find . -name __pycache__ -prune -o -printf 'venv/%P %s %T@ %l\n') \
+              | sort | sha256sum | cut -c1-12)
     bundle=ferry.$digest
     mkdir -p "$dest_home"
     if [[ ! -d $dest_home/$bundle ]]; then
         rm -rf "${dest_home:?}/$bundle.tmp"
-        mkdir -p "$dest_home/$bundle.tmp/src"
+        mkdir -p "$dest_home/$bundle.tmp"
         cp -a "$venv/." "$dest_home/$bundle.tmp/venv"
-        for d in plugin loader bpf; do
-            [[ -d $src/$d ]] && cp -a "$src/$d" "$dest_home/$bundle.tmp/src/"
-        done
         mv -T "$dest_home/$bundle.tmp" "$dest_home/$bundle"
-        say "copied venv and source to $FERRY_HOME/$bundle"
+        say "copied the venv to $FERRY_HOME/$bundle"
     fi
     previous=$(readlink "$dest_home/current" 2>/dev/null || true)
     link "$bundle" "$dest_home/current"
@@ -202,25 +210,29 @@ install_conflist() {
     fi
 }
 
-do_install() {
-    local b rendered
-    [[ -x $FERRY_VENV/bin/python && -r $FERRY_SRC/plugin/cli.py ]] || {
-        echo "install.sh: no venv at $FERRY_VENV or no plugin/ in $FERRY_SRC" \
-             "(run scripts/setup.sh, or set FERRY_VENV and FERRY_SRC)" >&2
+write_launchers() {
+    local b pkg
+    pkg=$(package_dir) || {
+        echo "install.sh: ferry is not installed in the venv $FERRY_VENV" \
+             "(run scripts/setup.sh, or set FERRY_VENV)" >&2
         exit 1
     }
-    [[ -r $conflist ]] || { echo "install.sh: cannot read $conflist" >&2; exit 1; }
-    rendered=$(render_conflist)  # before touching the node: a bad CIDR changes nothing
     mkdir -p "$bin_dir"
     [[ $mode == copy ]] && copy_bundle
     for b in "${!BINARIES[@]}"; do
         if [[ $mode == copy ]]; then
-            launcher "$b" "${BINARIES[$b]}" "$FERRY_HOME/current/venv" "$FERRY_HOME/current/src"
+            launcher "$b" "${BINARIES[$b]}" "$FERRY_HOME/current/venv" "$pkg"
         else
-            launcher "$b" "${BINARIES[$b]}" "$(readlink -f "$FERRY_VENV")" \
-                "$(readlink -f "$FERRY_SRC")"
+            launcher "$b" "${BINARIES[$b]}" "$(readlink -f "$FERRY_VENV")" "$pkg"
         fi
     done
+}
+
+do_install() {
+    local rendered
+    [[ -r $conflist ]] || { echo "install.sh: cannot read $conflist" >&2; exit 1; }
+    rendered=$(render_conflist)  # before touching the node: a bad CIDR changes nothing
+    write_launchers
     provide_chained
     # The config last: the runtime may start using ferry the moment it appears.
     install_conflist "$rendered"
@@ -262,4 +274,8 @@ do_uninstall() {
     say "uninstalled"
 }
 
-if [[ $action == install ]]; then do_install; else do_uninstall; fi
+case $action in
+    install) do_install ;;
+    bin-only) write_launchers ;;
+    uninstall) do_uninstall ;;
+esac

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import importlib.resources
 import os
 import platform
 import shutil
@@ -24,7 +25,9 @@ from loader.layouts import LAYOUT_VERSION, MAPS, PROGRAMS, Meta, c_header
 from loader.maps import PinnedMap
 
 DEFAULT_ROOT = "/sys/fs/bpf/ferry"
-BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
+# The `bpf` package holds the sources as package data: beside loader/ in a checkout, in
+# site-packages after a wheel install.
+BPF_DIR = Path(str(importlib.resources.files("bpf")))
 SOURCES = ("common.h", "snat.c", "redirect.c")  # one unit: the programs share the maps
 BPFFS_MAGIC = 0xCAFE4A11
 

@@ -108,8 +108,9 @@ def _environ() -> "dict[str, str]":
 
 
 def _enable_site_packages() -> None:
-    # The launcher starts Python with -I -S for the relay path; the engine needs the venv.
-    if "pydantic" not in sys.modules and not any("site-packages" in p for p in sys.path):
+    # The launcher starts Python with -I -S for the relay path (only ferry's own package dir
+    # on sys.path); the engine needs the rest of site: .pth files, Debian's dist-packages (bcc).
+    if "site" not in sys.modules:
         import site
 
         site.main()

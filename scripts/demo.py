@@ -1,6 +1,6 @@
 """ferry on a simulated node, end to end, through the real `ferry` binary.
 
-    sudo bash scripts/demo.sh        (runs scripts/setup.sh first, then this)
+    bash scripts/demo.sh             (as root; runs scripts/setup.sh first, then this)
 
 Namespaces (all with a random suffix, all removed at exit, also on error or Ctrl-C):
   node   the node: where ferryd runs and the runtime execs /opt/cni/bin/ferry (nsenter
@@ -501,7 +501,6 @@ def bpf_state(d: Demo) -> None:
 def grpc_api(d: Demo) -> None:
     import grpc  # from the venv, as ferryd's own; the stubs are generated from ferry.proto
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from plugin.agent import ferry_pb2, ferry_pb2_grpc
 
     with grpc.insecure_channel(f"unix:{d.grpc_socket}") as channel:
@@ -642,7 +641,7 @@ STEPS: list[Step] = [
 def preflight() -> list[str]:
     problems = []
     if os.geteuid() != 0:
-        problems.append("run as root (sudo bash scripts/demo.sh)")
+        problems.append("run as root: bash scripts/demo.sh")
     if not os.access(CNI_BIN / "ferry", os.X_OK):
         problems.append(f"{CNI_BIN / 'ferry'} missing: run scripts/setup.sh")
     problems += [f"{tool} not found" for tool in ("ip", "nsenter", "ping", "sysctl",

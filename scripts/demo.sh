@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# ferry demo on a simulated node: `sudo bash scripts/demo.sh [-v]`.
+# ferry demo on a simulated node: `bash scripts/demo.sh [-v]` as root (or through sudo).
 # Sets the node up (scripts/setup.sh, idempotent; its output kept in a log, shown on failure),
 # then runs scripts/demo.py, which builds its own network namespaces, ferryd and BPF pins and
 # removes them again; the exit status is the demo's.
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")/.."
 if [[ $(id -u) -ne 0 ]]; then
-    echo "demo.sh: run as root (sudo bash scripts/demo.sh)" >&2
+    echo "demo.sh: run as root (su -c, or sudo bash scripts/demo.sh)" >&2
     exit 2
 fi
 # setup.sh's own output (apt, pip) goes to a log, shown only if it fails.

@@ -11,7 +11,7 @@ cd "$(dirname "$(readlink -f "$0")")/.."
 
 PKGS=(iproute2 iptables containernetworking-plugins linux-headers-amd64 python3-bpfcc
       bpfcc-tools bpftool iperf3 iputils-ping python3-venv python3-pip util-linux procps kmod
-      podman runc busybox-static)
+      podman runc busybox-static ethtool nftables)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -38,29 +38,20 @@ if [[ ! -x .venv/bin/python ]]; then
     /usr/bin/python3 -m venv --system-site-packages .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[test]'
+# A regular (non-editable) install, as a user or a wheel gets it: the tests then prove the
+# package, not the checkout (bpf/ must be package data). FERRY_EDITABLE=1 for development.
+if [[ ${FERRY_EDITABLE:-0} == 1 ]]; then
+    .venv/bin/python -m pip install -q -e '.[test]'
+else
+    .venv/bin/python -m pip install -q --force-reinstall --no-deps .
+    .venv/bin/python -m pip install -q '.[test]'
+fi
 
 # The runtime looks for plugins in CNI_PATH; install ours next to the reference ones.
 # FERRY_CNI_BIN (default /opt/cni/bin) lets a second checkout keep its binaries apart; the
-# tests read the same directory from FERRY_CNI_PATH.
+# tests read the same directory from FERRY_CNI_PATH. The launchers are deploy/install.sh's.
 bin_dir=${FERRY_CNI_BIN:-/opt/cni/bin}
-mkdir -p "$bin_dir"
-# Launchers rather than pip's console scripts: `-IS` (isolated, no site) keeps the interpreter start-up to the
-# minimum on the relay hot path; the code loads the venv's site-packages only when needed.
-write_launcher() {  # <binary name> <module with main()>
-    rm -f "$bin_dir/$1"
-    cat > "$bin_dir/$1" <<EOF
-#!$PWD/.venv/bin/python -IS
-import sys
-sys.path.insert(0, "$PWD")
-from $2 import main
-main()
-EOF
-    chmod 755 "$bin_dir/$1"
-}
-write_launcher ferry plugin.cli
-write_launcher ferry-host-local plugin.ipam.cli
-write_launcher ferry-egress plugin.egress.cli
+CNI_BIN_DIR=$bin_dir FERRY_VENV=$PWD/.venv bash deploy/install.sh --bin-only >/dev/null
 for ref in /usr/lib/cni/*; do
     [[ -e $bin_dir/$(basename "$ref") ]] || ln -s "$ref" "$bin_dir/"
 done

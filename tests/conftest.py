@@ -11,6 +11,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from harness import Node
 
+E2E_DIR = Path(__file__).parent / "e2e"
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--fuzz-cases", type=int, default=200,
@@ -22,9 +24,16 @@ def fuzz_cases(request: pytest.FixtureRequest) -> int:
     return int(request.config.getoption("--fuzz-cases"))
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    if os.geteuid() != 0:
-        raise pytest.UsageError("ferry's tests create network namespaces: run them as root")
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Everything under tests/e2e is end to end (root, network namespaces, the installed
+    binaries): marked `e2e`, and skipped with the reason when not root, so that the unit
+    tests run anywhere (`python -m pytest tests/unit`)."""
+    skip = pytest.mark.skip(reason="end-to-end test: needs root (network namespaces, bpffs)")
+    for item in items:
+        if E2E_DIR in item.path.parents:
+            item.add_marker(pytest.mark.e2e)
+            if os.geteuid() != 0:
+                item.add_marker(skip)
 
 
 @pytest.fixture

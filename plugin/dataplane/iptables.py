@@ -422,7 +422,11 @@ class Iptables:
 def _drop_empty_nft_table(backend: Backend, version: int) -> None:
     """Remove the nat table ferry's load created, once nothing is left in it, so that a node
     after unload is what it was before load (legacy tables cannot be removed per netns)."""
-    if backend.name != "nft" or shutil.which("nft") is None:
+    if backend.name != "nft":
+        return
+    if shutil.which("nft") is None:
+        log.warning("nat table left in place: removing a table needs nft (Debian: nftables)",
+                    extra={"family": version})
         return
     if "\n-A " in backend.save(version) or f":{PREFIX}" in backend.save(version):
         return
