@@ -108,10 +108,15 @@ class RelayServer:
                 for key, _ in self._selector.select(max(0.0, timeout - now)):
                     if key.fileobj is self._wake_r:
                         return
-                    if key.fileobj is self.sock:
-                        self._accept()
-                    else:
-                        self._receive(key.fileobj)  # type: ignore[arg-type]
+                    try:
+                        if key.fileobj is self.sock:
+                            self._accept()
+                        else:
+                            self._receive(key.fileobj)  # type: ignore[arg-type]
+                    except Exception:  # one connection's trouble must not stop the reader
+                        log.exception("relay: reading a request failed")
+                        if key.fileobj is not self.sock:
+                            self._drop(key.fileobj)  # type: ignore[arg-type]
                 now = time.monotonic()
                 for conn in [c for c, inc in self._incoming.items() if inc.deadline <= now]:
                     log.warning("relay: request not complete within %.0fs; connection dropped",
