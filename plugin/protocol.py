@@ -98,14 +98,23 @@ def check_version(version: str, command: str) -> None:
                        f"{command} needs cniVersion {floor} or later, config is {version}")
 
 
-def validate_name(name: Any, what: str, code: int, max_len: int = 0) -> None:
+def validate_name(name: Any, what: str, code: int) -> None:
     if not isinstance(name, str) or not name:
         raise CniError(code, f"missing {what}")
     if not _NAME_RE.match(name):
         raise CniError(code, f"invalid characters in {what}", repr(name))
-    if max_len and len(name) > max_len:
-        raise CniError(code, f"{what} is too long",
-                       f"{len(name)} characters, at most {max_len}")
+
+
+def _too_long(req: Request) -> CniError | None:
+    """The error for a network name or container id too long to be stored, if any."""
+    checks = [(req.config["name"], "network name", Code.INVALID_CONFIG, MAX_NETWORK_NAME)]
+    if req.command in ("ADD", "DEL", "CHECK"):
+        checks.append((req.container_id, "containerID", Code.INVALID_ENV, MAX_CONTAINER_ID))
+    for name, what, code, limit in checks:
+        if len(name) > limit:
+            return CniError(code, f"{what} is too long",
+                            f"{len(name)} characters, at most {limit}")
+    return None
 
 
 def validate_ifname(name: str) -> None:
@@ -184,14 +193,10 @@ def parse_request(env: Mapping[str, str], stdin: bytes) -> Request:
     if command in ("ADD", "DEL", "CHECK"):
         validate_name(req.container_id, "containerID", Code.INVALID_ENV)
         validate_ifname(req.ifname)
-    try:
-        validate_name(req.config["name"], "network name", Code.INVALID_CONFIG,
-                      MAX_NETWORK_NAME)
-        if command in ("ADD", "DEL", "CHECK"):
-            validate_name(req.container_id, "containerID", Code.INVALID_ENV, MAX_CONTAINER_ID)
-    except CniError:
+    too_long = _too_long(req)
+    if too_long is not None:
         if command != "DEL":
-            raise
+            raise too_long
         req.nothing_to_delete = True
     req.args = parse_cni_args(env.get("CNI_ARGS", ""))
     version = req.config.get("cniVersion")
