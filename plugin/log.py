@@ -17,6 +17,10 @@ _STD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
 
 class JsonFormatter(logging.Formatter):
+    def __init__(self, tracebacks: bool = True) -> None:
+        super().__init__()
+        self.tracebacks = tracebacks
+
     def format(self, record: logging.LogRecord) -> str:
         entry = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
@@ -26,8 +30,10 @@ class JsonFormatter(logging.Formatter):
             "msg": record.getMessage(),
         }
         entry.update({k: v for k, v in vars(record).items() if k not in _STD_ATTRS})
-        if record.exc_info:
+        if record.exc_info and self.tracebacks:
             entry["exc"] = self.formatException(record.exc_info)
+        elif record.exc_info and record.exc_info[1] is not None:
+            entry["exc"] = f"{type(record.exc_info[1]).__name__}: {record.exc_info[1]}"
         return json.dumps(entry, default=str)
 
 
@@ -51,9 +57,11 @@ def setup(conf: LogConfig) -> None:
         Path(conf.file).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         handler = PrivateRotatingFileHandler(
             conf.file, maxBytes=conf.max_bytes, backupCount=conf.backups)
+        handler.setFormatter(JsonFormatter())
     except (OSError, ValueError):  # ValueError: a NUL in the name
+        # stderr reaches the runtime's events: the lines, never a traceback.
         handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
+        handler.setFormatter(JsonFormatter(tracebacks=False))
     log.addHandler(handler)
     log.setLevel(conf.level.upper())
     log.propagate = False
@@ -61,8 +69,8 @@ def setup(conf: LogConfig) -> None:
 
 def setup_from_config(stdin: bytes) -> None:
     """Best effort, for a failure before (or while) the config was validated: the config's
-    log file if it names a usable one, else the default one; never stderr, where a traceback
-    would end up in the runtime's face."""
+    log file if it names a usable one, else the default one (setup's fallback, stderr, gets
+    no tracebacks)."""
     if log.handlers:
         return
     from pydantic import ValidationError
@@ -72,11 +80,6 @@ def setup_from_config(stdin: bytes) -> None:
     except (ValueError, RecursionError, AttributeError, ValidationError):
         conf = LogConfig()
     setup(conf)
-    if any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
-           for h in log.handlers):
-        for h in list(log.handlers):
-            log.removeHandler(h)
-        log.addHandler(logging.NullHandler())
 
 
 def log_unexpected(e: BaseException, msg: str, stdin: bytes = b"") -> None:

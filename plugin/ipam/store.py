@@ -125,7 +125,7 @@ class Store:
         names they keep. os, not pathlib: this runs per ADD and DEL."""
         try:
             entries = os.scandir(self.dir)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # no store there: nothing reserved
             return
         with entries:
             for entry in entries:

@@ -213,6 +213,8 @@ def judge(call: CniCall, command: str) -> tuple[int, list[str]]:
         return -1, [*problems, f"not a CNI error object: {call.stdout[:300]!r}"]
     if out["msg"].startswith("internal error"):
         problems.append(f"internal error: {out}")
+    if command == "DEL" and out["code"] == 5:
+        problems.append(f"DEL failed on the node's side (a DEL must always succeed): {out}")
     return out["code"], problems
 
 

@@ -186,3 +186,33 @@ def test_malformed_conflist_is_a_config_error_for_ferryd_and_ferryctl(tmp_path: 
     with pytest.raises(CniError) as e:
         load_file(str(path))
     assert e.value.code == 7
+
+
+def test_stderr_fallback_log_carries_no_traceback(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """A log file that cannot be opened (a directory) falls back to stderr, which the runtime
+    shows to users: one JSON line per record, the exception named, no traceback."""
+    from plugin.log import log, setup
+
+    saved = list(log.handlers)
+    for h in saved:
+        log.removeHandler(h)
+    try:
+        setup(LogConfig(file=str(tmp_path)))
+        try:
+            raise OSError("boom")
+        except OSError:
+            log.exception("failed")
+    finally:
+        for h in list(log.handlers):
+            log.removeHandler(h)
+        for h in saved:
+            log.addHandler(h)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and '"exc": "OSError: boom"' in err, err
+
+
+def test_release_on_a_store_under_a_regular_file_is_nothing_to_do(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("")
+    alloc = Allocator(ipam_conf(tmp_path / "afile" / "x"), "n")
+    assert alloc.release("c", "eth0") == [] and alloc.gc(set()) == []
