@@ -178,7 +178,7 @@ class StateStore:
     def _drop_legacy(self, container_id: str, ifname: str) -> None:
         """The old-scheme file of this attachment, only if it holds this attachment."""
         old = self.dir / legacy_name(container_id, ifname)
-        with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError, IsADirectoryError):
             data = json.loads(old.read_bytes())
             if isinstance(data, dict) and (data.get("container_id"), data.get("ifname")) == \
                     (container_id, ifname):
