@@ -1,0 +1,1 @@
+"""Cluster mode: block IPAM, workload endpoints, node registration and routes between nodes."""

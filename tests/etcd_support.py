@@ -1,0 +1,119 @@
+"""A private etcd for the cluster-mode tests: Debian's etcd 3.4 on loopback ports of its own,
+one member or three, each with its own data dir in a temp dir, always stopped and removed."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ETCD = shutil.which("etcd") or "/usr/bin/etcd"
+ETCDCTL = shutil.which("etcdctl") or "/usr/bin/etcdctl"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Member:
+    name: str
+    client_port: int
+    peer_port: int
+    data_dir: Path
+    proc: subprocess.Popen | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.client_port}"
+
+    @property
+    def peer_url(self) -> str:
+        return f"http://127.0.0.1:{self.peer_port}"
+
+
+@dataclass
+class Etcd:
+    tmp: Path
+    members: list[Member] = field(default_factory=list)
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [m.endpoint for m in self.members]
+
+    def start(self, member: Member) -> None:
+        cluster = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
+        log = open(self.tmp / f"{member.name}.log", "ab")  # noqa: SIM115
+        env = {**os.environ, "ETCD_UNSUPPORTED_ARCH": os.uname().machine.replace(
+            "x86_64", "amd64").replace("aarch64", "arm64")}
+        member.proc = subprocess.Popen(
+            [ETCD, "--name", member.name, "--data-dir", str(member.data_dir),
+             "--listen-client-urls", member.endpoint, "--advertise-client-urls", member.endpoint,
+             "--listen-peer-urls", member.peer_url,
+             "--initial-advertise-peer-urls", member.peer_url,
+             "--initial-cluster", cluster, "--initial-cluster-token", self.tmp.name,
+             "--initial-cluster-state", "new", "--heartbeat-interval", "50",
+             "--election-timeout", "500", "--logger", "zap", "--log-outputs", "stderr"],
+            stdout=log, stderr=log, env=env)
+        log.close()
+
+    def stop(self, member: Member, sig: int = 15) -> None:
+        if member.proc is not None and member.proc.poll() is None:
+            member.proc.send_signal(sig)
+            try:
+                member.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                member.proc.kill()
+                member.proc.wait()
+        member.proc = None
+
+    def wait_healthy(self, members: list[Member] | None = None, timeout: float = 60) -> None:
+        """Until every given member (default all) answers a linearizable read."""
+        deadline = time.monotonic() + timeout
+        for m in members or self.members:
+            while True:
+                proc = subprocess.run([ETCDCTL, "--endpoints", m.endpoint,
+                                       "--command-timeout=2s", "get", "/health-probe"],
+                                      capture_output=True, text=True, check=False,
+                                      env={**os.environ, "ETCDCTL_API": "3"})
+                if proc.returncode == 0:
+                    break
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"etcd {m.name} not healthy: {proc.stderr}"
+                                         f"{(self.tmp / f'{m.name}.log').read_text()[-2000:]}")
+                time.sleep(0.2)
+
+    def ctl(self, *args: str) -> str:
+        proc = subprocess.run([ETCDCTL, "--endpoints", ",".join(self.endpoints), *args],
+                              capture_output=True, text=True, check=True,
+                              env={**os.environ, "ETCDCTL_API": "3"})
+        return proc.stdout
+
+    def keys(self, prefix: str) -> list[str]:
+        return [k for k in self.ctl("get", "--prefix", "--keys-only", prefix).splitlines() if k]
+
+    @classmethod
+    @contextlib.contextmanager
+    def running(cls, members: int = 1) -> Iterator[Etcd]:
+        tmp = Path(tempfile.mkdtemp(prefix="ferry-etcd-"))
+        etcd = cls(tmp)
+        etcd.members = [Member(f"m{i}-{tmp.name[-6:]}", free_port(), free_port(), tmp / f"m{i}")
+                        for i in range(members)]
+        try:
+            for m in etcd.members:
+                etcd.start(m)
+            etcd.wait_healthy()
+            yield etcd
+        finally:
+            for m in etcd.members:
+                etcd.stop(m, sig=9)
+            shutil.rmtree(tmp, ignore_errors=True)
