@@ -18,9 +18,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from plugin.cluster import CLUSTER_IPAM
 from plugin.protocol import Network
 
-CLUSTER_IPAM = "ferry-cluster"
+__all__ = ["CLUSTER_IPAM", "ClusterConfig", "DatastoreConfig", "PoolConfig", "TLSConfig"]
+
 BLOCK_SIZES = {4: (20, 32, 26), 6: (116, 128, 122)}  # (shortest, longest, default), Calico's
 
 

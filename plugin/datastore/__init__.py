@@ -136,6 +136,20 @@ class Datastore(Protocol):
     def close(self) -> None: ...
 
 
+_shared: dict[str, Datastore] = {}
+_shared_lock = threading.Lock()
+
+
+def shared(conf: DatastoreConfig) -> Datastore:
+    """One connection per datastore config and process: ferryd's requests reuse its channels
+    instead of connecting per ADD."""
+    key = conf.model_dump_json()
+    with _shared_lock:
+        if key not in _shared:
+            _shared[key] = connect(conf)
+        return _shared[key]
+
+
 def connect(conf: DatastoreConfig) -> Datastore:
     """The backend named by datastore.type."""
     if conf.type == "etcd":

@@ -46,6 +46,12 @@ RETRY_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
                grpc.StatusCode.UNKNOWN)
 
 
+# Reconnect within a second of a member coming back (gRPC's default backoff grows to 120 s).
+CHANNEL_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 100),
+                   ("grpc.min_reconnect_backoff_ms", 100),
+                   ("grpc.max_reconnect_backoff_ms", 1000)]
+
+
 def prefix_end(key: bytes) -> bytes:
     """The range_end that makes [key, end) every key starting with `key`."""
     return key[:-1] + bytes([key[-1] + 1])
@@ -66,20 +72,24 @@ class EtcdClient:
         self.channels = []
         for endpoint in conf.endpoints:
             target = endpoint.split("//", 1)[1].rstrip("/")
-            self.channels.append(grpc.secure_channel(target, creds) if creds
-                                 else grpc.insecure_channel(target))
+            self.channels.append(grpc.secure_channel(target, creds, CHANNEL_OPTIONS) if creds
+                                 else grpc.insecure_channel(target, CHANNEL_OPTIONS))
         self.current = 0
         self._lock = threading.Lock()
 
-    def _call(self, fn: Callable[[grpc.Channel], T]) -> T:
-        """fn on the current member; on an unavailable member, on each of the others once."""
+    def _call(self, fn: Callable[[grpc.Channel, bool], T]) -> T:
+        """fn(channel, wait_for_ready) on the current member, failing over on an unavailable
+        one; when none answers at once, once more on the current member waiting up to the
+        timeout for it to come back (a restarted etcd, a channel still in reconnect
+        backoff)."""
         with self._lock:
             first = self.current
         last: grpc.RpcError | None = None
-        for i in range(len(self.channels)):
-            idx = (first + i) % len(self.channels)
+        n = len(self.channels)
+        for i, wait in [*((i, False) for i in range(n)), (0, True)]:
+            idx = (first + i) % n
             try:
-                out = fn(self.channels[idx])
+                out = fn(self.channels[idx], wait)
             except grpc.RpcError as e:
                 if e.code() not in RETRY_CODES:
                     raise DatastoreUnavailable(f"etcd: {e.code().name}: {e.details()}") from None
@@ -92,23 +102,24 @@ class EtcdClient:
         detail = f"{last.code().name}: {last.details()}" if last else "no endpoint"
         raise DatastoreUnavailable(f"etcd unreachable ({detail})")
 
+    def _unary(self, stub: type, method: str, req: Any) -> Any:
+        return self._call(lambda ch, w: getattr(stub(ch), method)(
+            req, timeout=self.timeout, wait_for_ready=w))
+
     def range(self, key: bytes, prefix: bool = False) -> list[Any]:
         req = pb.RangeRequest(key=key, range_end=prefix_end(key) if prefix else b"")
-        return list(self._call(lambda ch: pb_grpc.KVStub(ch).Range(
-            req, timeout=self.timeout)).kvs)
+        return list(self._unary(pb_grpc.KVStub, "Range", req).kvs)
 
     def put(self, key: bytes, value: bytes, lease: int = 0) -> None:
-        req = pb.PutRequest(key=key, value=value, lease=lease)
-        self._call(lambda ch: pb_grpc.KVStub(ch).Put(req, timeout=self.timeout))
+        self._unary(pb_grpc.KVStub, "Put", pb.PutRequest(key=key, value=value, lease=lease))
 
     def delete(self, key: bytes, prefix: bool = False) -> int:
         req = pb.DeleteRangeRequest(key=key, range_end=prefix_end(key) if prefix else b"")
-        return self._call(lambda ch: pb_grpc.KVStub(ch).DeleteRange(
-            req, timeout=self.timeout)).deleted
+        return self._unary(pb_grpc.KVStub, "DeleteRange", req).deleted
 
     def txn(self, compare: list[Any], success: list[Any], failure: list[Any] = ()) -> Any:
         req = pb.TxnRequest(compare=compare, success=success, failure=list(failure))
-        return self._call(lambda ch: pb_grpc.KVStub(ch).Txn(req, timeout=self.timeout))
+        return self._unary(pb_grpc.KVStub, "Txn", req)
 
     def create(self, key: bytes, value: bytes) -> bool:
         """Put only if the key does not exist; True when this call created it."""
@@ -124,21 +135,19 @@ class EtcdClient:
         return self.txn([same], [delete]).succeeded
 
     def grant(self, ttl: int) -> int:
-        req = pb.LeaseGrantRequest(TTL=ttl)
-        return self._call(lambda ch: pb_grpc.LeaseStub(ch).LeaseGrant(
-            req, timeout=self.timeout)).ID
+        return self._unary(pb_grpc.LeaseStub, "LeaseGrant", pb.LeaseGrantRequest(TTL=ttl)).ID
 
     def keepalive(self, lease: int) -> int:
         """Renew the lease once; its remaining TTL (0: the lease has expired)."""
-        def once(ch: grpc.Channel) -> int:
+        def once(ch: grpc.Channel, w: bool) -> int:
             replies = pb_grpc.LeaseStub(ch).LeaseKeepAlive(
-                iter([pb.LeaseKeepAliveRequest(ID=lease)]), timeout=self.timeout)
+                iter([pb.LeaseKeepAliveRequest(ID=lease)]), timeout=self.timeout,
+                wait_for_ready=w)
             return next(iter(replies)).TTL
         return self._call(once)
 
     def revoke(self, lease: int) -> None:
-        req = pb.LeaseRevokeRequest(ID=lease)
-        self._call(lambda ch: pb_grpc.LeaseStub(ch).LeaseRevoke(req, timeout=self.timeout))
+        self._unary(pb_grpc.LeaseStub, "LeaseRevoke", pb.LeaseRevokeRequest(ID=lease))
 
     def watch(self, key: bytes, on_event: Callable[[], None], stop: threading.Event) -> None:
         """One watch stream over a prefix until it breaks or `stop` is set; on_event() per

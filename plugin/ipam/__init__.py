@@ -16,6 +16,7 @@ import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from plugin.cluster import CLUSTER_IPAM
 from plugin.protocol import Address, CniError, Code, Request, Result
 
 if TYPE_CHECKING:
@@ -33,7 +34,18 @@ def requested_ips(conf: NetConf, req: Request) -> list[Address]:
     return conf.requested_ips + extra
 
 
+def local(conf: NetConf) -> bool:
+    """IPAM kept in the host-local store on this node: host-local, or ferry-cluster (whose
+    blocks come from the datastore, but whose reservations are the same files)."""
+    return conf.ipam.builtin or conf.ipam.type == CLUSTER_IPAM
+
+
 def add(conf: NetConf, req: Request) -> Result:
+    if conf.ipam.type == CLUSTER_IPAM:
+        from plugin.cluster.ipam import BlockAllocator
+
+        return BlockAllocator(conf).allocate(req.container_id, req.ifname,
+                                             requested_ips(conf, req))
     if conf.ipam.builtin:
         return _allocator(conf).allocate(req.container_id, req.ifname,
                                          requested_ips(conf, req))
@@ -42,14 +54,14 @@ def add(conf: NetConf, req: Request) -> Result:
 
 
 def release(conf: NetConf, req: Request) -> None:
-    if conf.ipam.builtin:
+    if local(conf):
         _allocator(conf).release(req.container_id, req.ifname)
     else:
         _delegate(conf, req, "DEL")
 
 
 def check(conf: NetConf, req: Request, ips: list[Address]) -> None:
-    if not conf.ipam.builtin:
+    if not local(conf):
         _delegate(conf, req, "CHECK")
         return
     held = set(_allocator(conf).held(req.container_id, req.ifname))
