@@ -1,5 +1,7 @@
-"""A private etcd for the cluster-mode tests: Debian's etcd 3.4 on loopback ports of its own,
-one member or three, each with its own data dir in a temp dir, always stopped and removed."""
+"""A private etcd for the cluster-mode tests: Debian's etcd 3.4 on ports of its own, one member
+or three, each with its own data dir in a temp dir, always stopped and removed. On loopback,
+or inside a test's network namespace on an address there (the simulated nodes reach it
+over their uplinks: the host's loopback is not theirs)."""
 
 from __future__ import annotations
 
@@ -30,21 +32,26 @@ class Member:
     client_port: int
     peer_port: int
     data_dir: Path
+    host: str = "127.0.0.1"
     proc: subprocess.Popen | None = None
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.client_port}"
+        return f"http://{self.host}:{self.client_port}"
 
     @property
     def peer_url(self) -> str:
-        return f"http://127.0.0.1:{self.peer_port}"
+        return f"http://{self.host}:{self.peer_port}"
 
 
 @dataclass
 class Etcd:
     tmp: Path
     members: list[Member] = field(default_factory=list)
+    netns: str | None = None  # the network namespace etcd and etcdctl run in
+
+    def _argv(self, *argv: str) -> list[str]:
+        return ["ip", "netns", "exec", self.netns, *argv] if self.netns else list(argv)
 
     @property
     def endpoints(self) -> list[str]:
@@ -55,14 +62,14 @@ class Etcd:
         log = open(self.tmp / f"{member.name}.log", "ab")  # noqa: SIM115
         env = {**os.environ, "ETCD_UNSUPPORTED_ARCH": os.uname().machine.replace(
             "x86_64", "amd64").replace("aarch64", "arm64")}
-        member.proc = subprocess.Popen(
-            [ETCD, "--name", member.name, "--data-dir", str(member.data_dir),
+        member.proc = subprocess.Popen(self._argv(
+            ETCD, "--name", member.name, "--data-dir", str(member.data_dir),
              "--listen-client-urls", member.endpoint, "--advertise-client-urls", member.endpoint,
              "--listen-peer-urls", member.peer_url,
              "--initial-advertise-peer-urls", member.peer_url,
              "--initial-cluster", cluster, "--initial-cluster-token", self.tmp.name,
              "--initial-cluster-state", "new", "--heartbeat-interval", "50",
-             "--election-timeout", "500", "--logger", "zap", "--log-outputs", "stderr"],
+             "--election-timeout", "500", "--logger", "zap", "--log-outputs", "stderr"),
             stdout=log, stderr=log, env=env)
         log.close()
 
@@ -81,8 +88,8 @@ class Etcd:
         deadline = time.monotonic() + timeout
         for m in members or self.members:
             while True:
-                proc = subprocess.run([ETCDCTL, "--endpoints", m.endpoint,
-                                       "--command-timeout=2s", "get", "/health-probe"],
+                proc = subprocess.run(self._argv(ETCDCTL, "--endpoints", m.endpoint,
+                                                 "--command-timeout=2s", "get", "/health-probe"),
                                       capture_output=True, text=True, check=False,
                                       env={**os.environ, "ETCDCTL_API": "3"})
                 if proc.returncode == 0:
@@ -93,7 +100,7 @@ class Etcd:
                 time.sleep(0.2)
 
     def ctl(self, *args: str) -> str:
-        proc = subprocess.run([ETCDCTL, "--endpoints", ",".join(self.endpoints), *args],
+        proc = subprocess.run(self._argv(ETCDCTL, "--endpoints", ",".join(self.endpoints), *args),
                               capture_output=True, text=True, check=True,
                               env={**os.environ, "ETCDCTL_API": "3"})
         return proc.stdout
@@ -103,11 +110,16 @@ class Etcd:
 
     @classmethod
     @contextlib.contextmanager
-    def running(cls, members: int = 1) -> Iterator[Etcd]:
+    def running(cls, members: int = 1, netns: str | None = None,
+                host: str = "127.0.0.1") -> Iterator[Etcd]:
+        """`netns`: run inside that namespace, listening on `host` (an address there); the
+        ports are then fixed ones, the namespace being the test's own."""
         tmp = Path(tempfile.mkdtemp(prefix="ferry-etcd-"))
-        etcd = cls(tmp)
-        etcd.members = [Member(f"m{i}-{tmp.name[-6:]}", free_port(), free_port(), tmp / f"m{i}")
-                        for i in range(members)]
+        etcd = cls(tmp, netns=netns)
+        ports = [(2379 + 2 * i, 2380 + 2 * i) if netns else (free_port(), free_port())
+                 for i in range(members)]
+        etcd.members = [Member(f"m{i}-{tmp.name[-6:]}", c, p, tmp / f"m{i}", host)
+                        for i, (c, p) in enumerate(ports)]
         try:
             for m in etcd.members:
                 etcd.start(m)
