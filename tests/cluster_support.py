@@ -192,3 +192,20 @@ class Cluster:
             n.ns.delete()
             shutil.rmtree(n.tmp, ignore_errors=True)
             shutil.rmtree(n.conf["bpffsRoot"], ignore_errors=True)
+
+
+FERRYCTL = str(Path(__file__).resolve().parents[1] / ".venv/bin/ferryctl")
+
+
+def ferryctl(node: ClusterNode, *args: str) -> str:
+    """ferryctl with the node's config, inside the node's netns (where etcd is reachable)."""
+    conflist = node.tmp / "ctl.conflist"
+    plugin = {k: v for k, v in node.conf.items() if k not in ("name", "cniVersion")}
+    conflist.write_text(json.dumps({"cniVersion": node.conf["cniVersion"],
+                                    "name": node.conf["name"], "plugins": [plugin]}))
+    return sh("nsenter", f"--net={node.ns.path}", FERRYCTL, *args, "--config", str(conflist))
+
+
+def endpoint_records(etcd: Etcd) -> list[dict[str, Any]]:
+    out = etcd.ctl("get", "--prefix", "/ferry/workloads/", "--print-value-only")
+    return [json.loads(line) for line in out.splitlines() if line.strip()]

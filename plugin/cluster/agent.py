@@ -156,6 +156,6 @@ class ClusterAgent:
         for b in self.status.blocks:
             net = ipaddress.ip_network(b)
             for p in self.cluster.pools:
-                if net.subnet_of(p.cidr):  # type: ignore[arg-type]
+                if net.version == p.cidr.version and net.subnet_of(p.cidr):  # type: ignore[arg-type]
                     out[str(p.cidr)] += 1
         return out
