@@ -14,7 +14,17 @@ from pathlib import Path
 from typing import Any
 
 from etcd_support import Etcd
-from harness import FERRY, Agent, CniCall, Netns, Pod, exec_plugin, sh, uid
+from harness import (
+    FERRY,
+    Agent,
+    CniCall,
+    Netns,
+    Pod,
+    exec_plugin,
+    reservation_files,
+    sh,
+    uid,
+)
 
 POOL4 = "10.32.0.0/16"
 POOL6 = "fd32::/48"
@@ -65,10 +75,15 @@ class ClusterNode:
                            container_id=pod.container_id, netns=pod.ns.path,
                            ifname=pod.ifname, args=pod.args, **kw)
 
-    def add_pod(self, name: str | None = None) -> Pod:
+    def new_pod(self, name: str | None = None) -> Pod:
+        """A pod netns (cleaned up with the cluster), not yet added."""
         pod = Pod(name=name or f"pod-{uid()}", ns=Netns("fcpod"),
                   container_id=f"ctr{uid()}{uid()}")
         self.pods.append(pod)
+        return pod
+
+    def add_pod(self, name: str | None = None) -> Pod:
+        pod = self.new_pod(name)
         pod.result = self.cni("ADD", pod).ok()
         return pod
 
@@ -76,6 +91,13 @@ class ClusterNode:
         self.cni("DEL", pod).ok()
         self.pods.remove(pod)
         pod.ns.delete()
+
+    def reservations(self) -> dict[str, bytes]:
+        return reservation_files(self.tmp / "ipam" / self.conf["name"])
+
+    def cached_blocks(self) -> list[str]:
+        path = self.tmp / "ipam" / f"{self.conf['name']}.blocks.json"
+        return sorted(json.loads(path.read_text())["blocks"]) if path.exists() else []
 
     def ferry_routes(self) -> list[str]:
         """The routes ferryd installed (protocol 243), both families, as `ip` prints them."""
@@ -204,6 +226,10 @@ def ferryctl(node: ClusterNode, *args: str) -> str:
     conflist.write_text(json.dumps({"cniVersion": node.conf["cniVersion"],
                                     "name": node.conf["name"], "plugins": [plugin]}))
     return sh("nsenter", f"--net={node.ns.path}", FERRYCTL, *args, "--config", str(conflist))
+
+
+def all_ips(pods: list[Pod]) -> list[str]:
+    return [ip for p in pods for v in (4, 6) for ip in p.ips(v)]
 
 
 def endpoint_records(etcd: Etcd) -> list[dict[str, Any]]:
