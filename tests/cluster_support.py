@@ -235,3 +235,22 @@ def all_ips(pods: list[Pod]) -> list[str]:
 def endpoint_records(etcd: Etcd) -> list[dict[str, Any]]:
     out = etcd.ctl("get", "--prefix", "/ferry/workloads/", "--print-value-only")
     return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def cluster_status(node: ClusterNode) -> Any:
+    """The node's ferryd's FerryCluster.GetClusterStatus."""
+    import grpc
+
+    from plugin.cluster import cluster_pb2 as pb
+    from plugin.cluster import cluster_pb2_grpc as pb_grpc
+
+    assert node.agent is not None
+    with grpc.insecure_channel(f"unix:{node.agent.grpc_socket}") as channel:
+        return pb_grpc.FerryClusterStub(channel).GetClusterStatus(pb.ClusterStatusRequest())
+
+
+def wait_syncs(cluster: Cluster, node: ClusterNode, more: int = 2) -> None:
+    """Until the node's ferryd has completed `more` further syncs (it had its chance to act on
+    whatever the test just did)."""
+    start = cluster_status(node).syncs
+    cluster.wait(f"{more} syncs of {node.name}", lambda: cluster_status(node).syncs >= start + more)
