@@ -152,16 +152,28 @@ class Cluster:
                 out[b["cidr"]] = b["node"]
         return out
 
-    def add_node(self, name: str, index: int, dataplane: str, **cluster: Any) -> ClusterNode:
+    def add_node(self, name: str, index: int, dataplane: str, routed: bool = False,
+                 **cluster: Any) -> ClusterNode:
+        """On the bridge (10.99.0.1x), or `routed`: in a subnet of its own (10.98.<i>.2) that
+        the fabric routes, as nodes in different racks or zones."""
         ns = Netns(f"fc{name}")
         port = f"fp{uid()}"
         sh("ip", "link", "add", "uplink0", "netns", ns.name, "type", "veth", "peer", "name",
            port, "netns", self.fabric.name)
-        self.fabric.ip("link", "set", port, "master", "br0", "up")
-        ip4, ip6 = f"10.99.0.{10 + index}", f"fd99::{10 + index:x}"
+        if routed:
+            ip4, ip6 = f"10.98.{index}.2", f"fd98:{index}::2"
+            self.fabric.ip("addr", "add", f"10.98.{index}.1/24", "dev", port)
+            self.fabric.ip("-6", "addr", "add", f"fd98:{index}::1/64", "dev", port, "nodad")
+            self.fabric.ip("link", "set", port, "up")
+        else:
+            ip4, ip6 = f"10.99.0.{10 + index}", f"fd99::{10 + index:x}"
+            self.fabric.ip("link", "set", port, "master", "br0", "up")
         ns.ip("addr", "add", f"{ip4}/24", "dev", "uplink0")
         ns.ip("-6", "addr", "add", f"{ip6}/64", "dev", "uplink0", "nodad")
         ns.ip("link", "set", "uplink0", "up")
+        if routed:
+            ns.ip("route", "add", "default", "via", f"10.98.{index}.1")
+            ns.ip("-6", "route", "add", "default", "via", f"fd98:{index}::1")
         tmp = Path(tempfile.mkdtemp(prefix=f"ferry-cluster-{name}-"))
         conf = cluster_conf(self.network, name, self.etcd.endpoints, tmp,
                             resyncSeconds=1, **cluster)
@@ -175,26 +187,35 @@ class Cluster:
     @classmethod
     @contextlib.contextmanager
     def create(cls, names: tuple[str, ...] = ("a", "b", "c"), dataplane: str = "iptables",
-               start: bool = True, etcd_members: int = 1,
+               start: bool = True, etcd_members: int = 1, routed: bool = False,
                **cluster: Any) -> Iterator[Cluster]:
-        """The etcd runs in the fabric namespace, on the bridge's address (ETCD_HOST)."""
+        """The etcd runs in the fabric namespace, on the bridge's address (ETCD_HOST).
+        `routed`: each node in a subnet of its own, the fabric routing between them (and not
+        the pools: only VXLAN gets pod traffic across)."""
         fabric = Netns("fcfab")
         ext = Netns("fcext")
         try:
             fabric.ip("link", "add", "br0", "type", "bridge")
             fabric.ip("addr", "add", f"{ETCD_HOST}/24", "dev", "br0")
             fabric.ip("link", "set", "br0", "up")
+            if routed:
+                fabric.run("sysctl", "-qw", "net.ipv4.ip_forward=1")
+                fabric.run("sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
             sh("ip", "link", "add", "ext0", "netns", ext.name, "type", "veth", "peer", "name",
                "fpext", "netns", fabric.name)
             fabric.ip("link", "set", "fpext", "master", "br0", "up")
             ext.ip("addr", "add", "10.99.0.2/24", "dev", "ext0")
             ext.ip("-6", "addr", "add", "fd99::2/64", "dev", "ext0", "nodad")
             ext.ip("link", "set", "ext0", "up")
+            if routed:  # ext reaches the nodes' subnets through the fabric, not the pools
+                fabric.ip("-6", "addr", "add", "fd99::fa/64", "dev", "br0", "nodad")
+                ext.ip("route", "add", "10.98.0.0/16", "via", ETCD_HOST)
+                ext.ip("-6", "route", "add", "fd98::/16", "via", "fd99::fa")
             with Etcd.running(etcd_members, netns=fabric.name, host=ETCD_HOST) as etcd:
                 c = cls(etcd, fabric, ext, f"cnet-{uid()}")
                 try:
                     for i, name in enumerate(names):
-                        c.add_node(name, i, dataplane, **cluster)
+                        c.add_node(name, i, dataplane, routed, **cluster)
                     if start:
                         for n in c.nodes:
                             n.start()

@@ -70,7 +70,7 @@ class ClusterAgent:
         if self.cluster.encap == "vxlan":
             self._vxlan_dev, mac = routes.ensure_vxlan(
                 self.cluster.vxlan_vni, self.cluster.vxlan_port, str(self.info.ip4),
-                self._uplink_idx, self.conf.mtu)
+                self._uplink_idx)
             self.info.vtep_mac = mac
         endpoints.deferred = self._wake.set
         for target, name in ((self._lease_loop, "cluster-lease"),

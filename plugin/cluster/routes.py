@@ -28,6 +28,8 @@ RT_TABLE_MAIN = 254
 RTNH_F_ONLINK = 4
 VXLAN_DEVICE = "ferry.vxlan"
 NUD_PERMANENT = 0x80
+NUD_NOARP = 0x40
+NTF_SELF = 0x02  # the FDB of the VXLAN device itself (it is no bridge port)
 
 
 @dataclass(frozen=True)
@@ -118,12 +120,14 @@ def remove_all() -> int:
     return len(have)
 
 
-def ensure_vxlan(vni: int, port: int, local: str, uplink: int, mtu: int) -> tuple[int, str]:
-    """The node's VXLAN device (created once, up): (ifindex, MAC). No learning: ferry
-    writes every peer's FDB and neighbour entry itself."""
+def ensure_vxlan(vni: int, port: int, local: str, uplink: int) -> tuple[int, str]:
+    """The node's VXLAN device (created once, up, MTU the uplink's minus the 50 bytes of
+    outer headers): (ifindex, MAC). No learning: ferry writes every peer's FDB and
+    neighbour entry itself."""
     with IPRoute() as ipr:
         found = ipr.link_lookup(ifname=VXLAN_DEVICE)
         if not found:
+            mtu = ipr.get_links(uplink)[0].get_attr("IFLA_MTU")
             ipr.link("add", ifname=VXLAN_DEVICE, kind="vxlan", vxlan_id=vni, vxlan_port=port,
                      vxlan_local=local, vxlan_link=uplink, vxlan_learning=0, mtu=mtu - 50)
             found = ipr.link_lookup(ifname=VXLAN_DEVICE)
@@ -143,7 +147,8 @@ def _sync_vxlan_peers(ipr: IPRoute, dev: int, me: str, nodes: list[NodeInfo]) ->
             if ip:
                 ipr.neigh("replace", dst=ip, lladdr=n.vtep_mac, ifindex=dev,
                           state=NUD_PERMANENT, family=_family(ip))
-        ipr.fdb("replace", ifindex=dev, lladdr=n.vtep_mac, dst=n.ip4, state=NUD_PERMANENT)
+        ipr.fdb("replace", ifindex=dev, lladdr=n.vtep_mac, dst=n.ip4,
+                state=NUD_PERMANENT | NUD_NOARP, flags=NTF_SELF)
     for family in (socket.AF_INET, socket.AF_INET6):
         for nb in ipr.get_neighbours(family=family, ifindex=dev):
             mac = nb.get_attr("NDA_LLADDR")
@@ -154,4 +159,5 @@ def _sync_vxlan_peers(ipr: IPRoute, dev: int, me: str, nodes: list[NodeInfo]) ->
         mac = entry.get_attr("NDA_LLADDR")
         if entry.get_attr("NDA_DST") and mac not in keep_macs:
             with contextlib.suppress(NetlinkError):
-                ipr.fdb("del", ifindex=dev, lladdr=mac, dst=entry.get_attr("NDA_DST"))
+                ipr.fdb("del", ifindex=dev, lladdr=mac, dst=entry.get_attr("NDA_DST"),
+                        flags=NTF_SELF)

@@ -6,7 +6,7 @@ a host outside the cluster leaves SNATed to the node's address."""
 from __future__ import annotations
 
 import pytest
-from cluster_support import Cluster
+from cluster_support import Cluster, ferryctl
 from harness import ping, tcp_roundtrip
 
 
@@ -31,3 +31,37 @@ def test_full_mesh_between_nodes_and_snat_out(dataplane: str) -> None:
             # ext has no route to the pools: it answers only because the pod was SNATed.
             assert tcp_roundtrip(pod.ns, c.ext, c.ext_ip4) == n.ip4
             assert tcp_roundtrip(pod.ns, c.ext, c.ext_ip6) == n.ip6
+
+
+@pytest.mark.parametrize("dataplane", ["iptables", "ebpf"])
+def test_vxlan_between_nodes_in_different_subnets(dataplane: str) -> None:
+    """Each node in a subnet of its own, the fabric routing between the subnets but knowing
+    nothing of the pools: pod traffic crosses only inside VXLAN (a device per node, an FDB
+    and a neighbour entry per peer); pod addresses kept, egress to ext SNATed."""
+    with Cluster.create(dataplane=dataplane, routed=True, encap="vxlan") as c:
+        pods = {n.name: n.add_pod() for n in c.nodes}
+        c.wait("routes to every other node's blocks", c.routes_converged)
+        for n in c.nodes:
+            assert all("dev ferry.vxlan" in r for r in n.ferry_routes()), n.ferry_routes()
+            fdb = n.ns.run("bridge", "fdb", "show", "dev", "ferry.vxlan")
+            peers = [m for m in c.nodes if m is not n]
+            assert all(f"dst {m.ip4}" in fdb for m in peers), fdb
+        for a, pa in pods.items():
+            for b, pb in pods.items():
+                if a == b:
+                    continue
+                for v in (4, 6):
+                    dst = pb.ips(v)[0]
+                    assert ping(pa.ns, dst), f"{a} -> {b} v{v} ping {dst}"
+                    assert tcp_roundtrip(pa.ns, pb.ns, dst) == pa.ips(v)[0], f"{a}->{b} v{v}"
+        for n in c.nodes:
+            assert tcp_roundtrip(pods[n.name].ns, c.ext, c.ext_ip4) == n.ip4
+        # A node removed: its routes, FDB and neighbour entries go from the others.
+        a, gone = c.node("a"), c.node("c")
+        gone.stop(9)
+        ferryctl(a, "node", "remove", "c")
+        c.wait("c's VXLAN peer entries gone from a", lambda: gone.ip4 not in (
+            a.ns.run("bridge", "fdb", "show", "dev", "ferry.vxlan")
+            + a.ns.ip("neigh", "show", "dev", "ferry.vxlan")
+            + "\n".join(a.ferry_routes())))
+        assert ping(pods["a"].ns, pods["b"].ips(4)[0])
