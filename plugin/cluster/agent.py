@@ -24,6 +24,7 @@ from plugin.cluster.ipam import BlockAllocator
 from plugin.config import NetConf
 from plugin.datastore import DatastoreUnavailable, NodeInfo, shared
 from plugin.log import log
+from plugin.state import Attachment
 
 RETRY_SECONDS = 1.0
 
@@ -56,6 +57,11 @@ class ClusterAgent:
         self._empty_since: dict[str, float] = {}
         self._wake = threading.Event()
         self._stop = threading.Event()
+        # Endpoint writes handed over by ADD/DEL (key -> attachment, None: delete), newest
+        # wins; the writer thread drains it, and keeps it while the datastore is down.
+        self._pending: dict[str, Attachment | None] = {}
+        self._pending_lock = threading.Lock()
+        self._pending_added = threading.Event()
         self._threads: list[threading.Thread] = []
 
     def _node_info(self) -> NodeInfo:
@@ -72,10 +78,11 @@ class ClusterAgent:
                 self.cluster.vxlan_vni, self.cluster.vxlan_port, str(self.info.ip4),
                 self._uplink_idx)
             self.info.vtep_mac = mac
-        endpoints.deferred = self._wake.set
+        endpoints.deferred[self.conf.name] = self.queue_endpoint
         for target, name in ((self._lease_loop, "cluster-lease"),
                              (lambda: self.ds.watch(self._wake.set, self._stop), "cluster-watch"),
-                             (self._sync_loop, "cluster-sync")):
+                             (self._sync_loop, "cluster-sync"),
+                             (self._writer_loop, "cluster-endpoints")):
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
             self._threads.append(t)
@@ -83,12 +90,36 @@ class ClusterAgent:
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
-        endpoints.deferred = None
+        self._pending_added.set()
+        endpoints.deferred.pop(self.conf.name, None)
         for t in self._threads:
             t.join(timeout=10)
 
     def wake(self) -> None:
         self._wake.set()
+
+    def queue_endpoint(self, key: str, att: Attachment | None) -> None:
+        with self._pending_lock:
+            self._pending[key] = att
+        self._pending_added.set()
+
+    def _writer_loop(self) -> None:
+        while not self._stop.is_set():
+            self._pending_added.wait()
+            self._pending_added.clear()
+            with self._pending_lock:
+                batch, self._pending = self._pending, {}
+            for key, att in batch.items():
+                try:
+                    endpoints.write(self.conf, self.ds, key, att)
+                except DatastoreUnavailable as e:
+                    self.status.datastore_up = False
+                    self.status.last_error = str(e)
+                    with self._pending_lock:  # keep what is newer than this batch
+                        self._pending = {**batch, **self._pending}
+                    self._stop.wait(RETRY_SECONDS)
+                    self._pending_added.set()
+                    break
 
     def _lease_loop(self) -> None:
         while not self._stop.is_set():
@@ -145,9 +176,10 @@ class ClusterAgent:
         self.status.syncs += 1
         self.status.last_sync = time.time()
         out = {"blocks": cache, "routes": routed, "endpoints": eps, "released": released}
-        if routed["added"] or routed["removed"] or eps["written"] or eps["deleted"] \
-                or released or any(cache.values()):
+        if routed["added"] or routed["removed"] or released or any(cache.values()):
             log.info("cluster sync", extra={"node": self.name, **out})
+        elif eps["written"] or eps["deleted"]:  # every ADD and DEL: not worth an info line
+            log.debug("cluster sync", extra={"node": self.name, **out})
         return out
 
     def pools_in_use(self) -> dict[str, int]:

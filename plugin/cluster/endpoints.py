@@ -27,8 +27,12 @@ from plugin.state import Attachment, StateStore
 
 Handler = Callable[[NetConf, Request], "dict[str, Any] | None"]
 
-# Set by ferryd's cluster agent: called instead of writing the endpoint in the request.
-deferred: Callable[[], None] | None = None
+# Set by ferryd's cluster agent, per network it serves: takes the endpoint write (key, and
+# the attachment to publish or None to delete) instead of the request (which then makes no
+# datastore call); a request for another network writes it itself.
+Deferred = Callable[[str, "Attachment | None"], None]
+deferred: dict[str, Deferred] = {}
+_profiles_made: set[tuple[str, str]] = set()  # (network, orchestrator) created by this process
 
 
 def orchestrator(att: Attachment) -> str:
@@ -58,8 +62,19 @@ def endpoint_of(conf: NetConf, att: Attachment) -> Endpoint:
 
 
 def publish(conf: NetConf, ds: Datastore, att: Attachment) -> None:
-    ds.ensure_profile(profile_for(conf, bool(att.k8s_pod)))
+    """The endpoint, and the network's profile unless this process made it already."""
+    made = (conf.name, orchestrator(att))
+    if made not in _profiles_made:
+        ds.ensure_profile(profile_for(conf, bool(att.k8s_pod)))
+        _profiles_made.add(made)
     ds.put_endpoint(endpoint_of(conf, att))
+
+
+def write(conf: NetConf, ds: Datastore, key: str, att: Attachment | None) -> None:
+    if att is None:
+        ds.delete_endpoint(node_name(conf), key)
+    else:
+        publish(conf, ds, att)
 
 
 def reconcile(conf: NetConf, ds: Datastore) -> dict[str, int]:
@@ -80,17 +95,23 @@ def reconcile(conf: NetConf, ds: Datastore) -> dict[str, int]:
     return {"written": written, "deleted": deleted, "endpoints": len(local)}
 
 
-def _write_soon(conf: NetConf, write: Callable[[Datastore], None]) -> None:
-    """In ferryd: leave it to the agent's reconcile. Standalone: write now; unreachable is
+def _write_soon(conf: NetConf, key: str, att: Attachment | None) -> None:
+    """In ferryd: hand it to the agent's writer. Standalone: write now; unreachable is
     logged and left to ferryd's next reconcile."""
-    if deferred is not None:
-        deferred()
+    hand = deferred.get(conf.name)
+    if hand is not None:
+        hand(key, att)
         return
     assert conf.datastore is not None
     try:
-        write(shared(conf.datastore))
+        write(conf, shared(conf.datastore), key, att)
     except DatastoreUnavailable as e:
         log.warning("endpoint write deferred: %s", e)
+
+
+def endpoint_key(conf: NetConf, req: Request) -> str:
+    return Endpoint(node="", orchestrator="", network=conf.name,
+                    container_id=req.container_id, ifname=req.ifname).key
 
 
 def commands(base: dict[str, Handler]) -> dict[str, Handler]:
@@ -106,14 +127,12 @@ def commands(base: dict[str, Handler]) -> dict[str, Handler]:
         out = base["ADD"](conf, req)
         att = StateStore(conf.state_dir, conf.name).load(req.container_id, req.ifname)
         if att is not None:
-            _write_soon(conf, lambda ds: publish(conf, ds, att))
+            _write_soon(conf, endpoint_key(conf, req), att)
         return out
 
     def delete(conf: NetConf, req: Request) -> dict[str, Any] | None:
         out = base["DEL"](conf, req)
-        key = Endpoint(node="", orchestrator="", network=conf.name,
-                       container_id=req.container_id, ifname=req.ifname).key
-        _write_soon(conf, lambda ds: ds.delete_endpoint(node_name(conf), key))
+        _write_soon(conf, endpoint_key(conf, req), None)
         return out
 
     return {**base, "ADD": add, "DEL": delete}

@@ -165,7 +165,7 @@ class BlockAllocator:
         aff.blocks[str(block)] = str(pool.cidr)
         self.save(aff)
         log.info("claimed block %s", block, extra={
-            "node": self.node, "pool": str(pool.cidr),
+            "node": self.node, "network": self.conf.name, "pool": str(pool.cidr),
             "ms": round((time.monotonic() - started) * 1000, 1)})
         return block
 
