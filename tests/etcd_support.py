@@ -34,10 +34,11 @@ class Member:
     data_dir: Path
     host: str = "127.0.0.1"
     proc: subprocess.Popen | None = None
+    tls: bool = False
 
     @property
     def endpoint(self) -> str:
-        return f"http://{self.host}:{self.client_port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.client_port}"
 
     @property
     def peer_url(self) -> str:
@@ -49,6 +50,21 @@ class Etcd:
     tmp: Path
     members: list[Member] = field(default_factory=list)
     netns: str | None = None  # the network namespace etcd and etcdctl run in
+    certs: Path | None = None  # TLS: ca.pem, server.pem/-key.pem, client.pem/-key.pem here
+
+    def _tls_client_args(self) -> list[str]:
+        if self.certs is None:
+            return []
+        c = self.certs
+        return [f"--cacert={c / 'ca.pem'}", f"--cert={c / 'client.pem'}",
+                f"--key={c / 'client-key.pem'}"]
+
+    def _tls_server_args(self) -> list[str]:
+        if self.certs is None:
+            return []
+        c = self.certs
+        return ["--cert-file", str(c / "server.pem"), "--key-file", str(c / "server-key.pem"),
+                "--trusted-ca-file", str(c / "ca.pem"), "--client-cert-auth"]
 
     def _argv(self, *argv: str) -> list[str]:
         return ["ip", "netns", "exec", self.netns, *argv] if self.netns else list(argv)
@@ -69,7 +85,8 @@ class Etcd:
              "--initial-advertise-peer-urls", member.peer_url,
              "--initial-cluster", cluster, "--initial-cluster-token", self.tmp.name,
              "--initial-cluster-state", "new", "--heartbeat-interval", "50",
-             "--election-timeout", "500", "--logger", "zap", "--log-outputs", "stderr"),
+             "--election-timeout", "500", "--logger", "zap", "--log-outputs", "stderr",
+            *self._tls_server_args()),
             stdout=log, stderr=log, env=env)
         log.close()
 
@@ -89,6 +106,7 @@ class Etcd:
         for m in members or self.members:
             while True:
                 proc = subprocess.run(self._argv(ETCDCTL, "--endpoints", m.endpoint,
+                                                 *self._tls_client_args(),
                                                  "--command-timeout=2s", "get", "/health-probe"),
                                       capture_output=True, text=True, check=False,
                                       env={**os.environ, "ETCDCTL_API": "3"})
@@ -100,7 +118,8 @@ class Etcd:
                 time.sleep(0.2)
 
     def ctl(self, *args: str) -> str:
-        proc = subprocess.run(self._argv(ETCDCTL, "--endpoints", ",".join(self.endpoints), *args),
+        proc = subprocess.run(self._argv(ETCDCTL, "--endpoints", ",".join(self.endpoints),
+                                         *self._tls_client_args(), *args),
                               capture_output=True, text=True, check=True,
                               env={**os.environ, "ETCDCTL_API": "3"})
         return proc.stdout
@@ -111,14 +130,15 @@ class Etcd:
     @classmethod
     @contextlib.contextmanager
     def running(cls, members: int = 1, netns: str | None = None,
-                host: str = "127.0.0.1") -> Iterator[Etcd]:
+                host: str = "127.0.0.1", tls: bool = False) -> Iterator[Etcd]:
         """`netns`: run inside that namespace, listening on `host` (an address there); the
-        ports are then fixed ones, the namespace being the test's own."""
+        ports are then fixed ones, the namespace being the test's own. `tls`: client URLs
+        over TLS with client certificates required (a CA made for the run)."""
         tmp = Path(tempfile.mkdtemp(prefix="ferry-etcd-"))
-        etcd = cls(tmp, netns=netns)
+        etcd = cls(tmp, netns=netns, certs=make_certs(tmp / "certs", host) if tls else None)
         ports = [(2379 + 2 * i, 2380 + 2 * i) if netns else (free_port(), free_port())
                  for i in range(members)]
-        etcd.members = [Member(f"m{i}-{tmp.name[-6:]}", c, p, tmp / f"m{i}", host)
+        etcd.members = [Member(f"m{i}-{tmp.name[-6:]}", c, p, tmp / f"m{i}", host, tls=tls)
                         for i, (c, p) in enumerate(ports)]
         try:
             for m in etcd.members:
@@ -129,3 +149,22 @@ class Etcd:
             for m in etcd.members:
                 etcd.stop(m, sig=9)
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def make_certs(d: Path, host: str) -> Path:
+    """A throw-away CA, a server certificate for `host` and a client certificate (openssl)."""
+    d.mkdir(parents=True)
+
+    def ssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
+
+    ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=ferry-ca",
+        "-keyout", "ca-key.pem", "-out", "ca.pem")
+    for name, ext in (("server", f"subjectAltName=IP:{host}\nextendedKeyUsage=serverAuth"),
+                      ("client", "extendedKeyUsage=clientAuth")):
+        (d / f"{name}.ext").write_text(ext + "\n")
+        ssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN=ferry-{name}",
+            "-keyout", f"{name}-key.pem", "-out", f"{name}.csr")
+        ssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca-key.pem",
+            "-CAcreateserial", "-days", "1", "-extfile", f"{name}.ext", "-out", f"{name}.pem")
+    return d

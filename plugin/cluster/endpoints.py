@@ -135,7 +135,31 @@ def commands(base: dict[str, Handler]) -> dict[str, Handler]:
         _write_soon(conf, endpoint_key(conf, req), None)
         return out
 
-    return {**base, "ADD": add, "DEL": delete}
+    def gc(conf: NetConf, req: Request) -> dict[str, Any] | None:
+        from plugin.cluster.ipam import BlockAllocator
+        from plugin.engine import valid_attachments
+
+        out = base["GC"](conf, req)  # attachments; the reservations are the blocks' here
+        freed = BlockAllocator(conf).gc(valid_attachments(req))
+        if freed:
+            log.info("gc: released %d IPs", len(freed), extra={"ips": [str(i) for i in freed]})
+        for att_key in _gone_endpoints(conf, valid_attachments(req)):
+            _write_soon(conf, att_key, None)
+        return out
+
+    return {**base, "ADD": add, "DEL": delete, "GC": gc}
+
+
+def _gone_endpoints(conf: NetConf, valid: set[tuple[str, str]]) -> list[str]:
+    """Endpoint keys of this node's attachments that GC removed (no record left, not valid):
+    left to the reconcile when the datastore cannot be listed."""
+    assert conf.datastore is not None
+    try:
+        remote = shared(conf.datastore).endpoints(node_name(conf))
+    except DatastoreUnavailable:
+        return []
+    return [ep.key for ep in remote if ep.network == conf.name
+            and (ep.container_id, ep.ifname) not in valid]
 
 
 def _existing(conf: NetConf, att: Attachment) -> dict[str, Any] | None:

@@ -251,3 +251,15 @@ class BlockAllocator:
     def blocks(self) -> list[str]:
         with self.store.locked():
             return sorted(self.load().blocks)
+
+    def gc(self, valid: set[tuple[str, str]]) -> list[Address]:
+        """CNI GC: release every reservation in the pools not held by a valid attachment."""
+        valid_ids = {cid for cid, _ in valid}
+        freed = []
+        with self.store.locked() as store:
+            for ip, (cid, ifname) in store.reservations().items():
+                keep = (cid, ifname) in valid if ifname else cid in valid_ids
+                if not keep and any(ip in p.cidr for p in self.pools):
+                    store.release(ip)
+                    freed.append(ip)
+        return freed

@@ -109,3 +109,23 @@ def test_node_remove_releases_blocks_and_routes_everywhere() -> None:
             not any(line.split()[0] in dead_blocks for line in n.ferry_routes()) for n in live))
         # Its blocks can go to others now: a node asking for a block may take them.
         assert all(b not in c.block_owners() for b in dead_blocks)
+
+
+def test_gc_releases_reservations_and_endpoints_of_invalid_attachments() -> None:
+    from harness import FERRY, exec_plugin, wait_reaped
+
+    with Cluster.create(names=("a",)) as c:
+        a = c.node("a")
+        keep, drop = a.add_pod(), a.add_pod()
+        c.wait("two endpoints", lambda: len(endpoint_records(c.etcd)) == 2)
+        conf = {**a.conf, "cniVersion": "1.1.0",
+                "cni.dev/valid-attachments": [{"containerID": keep.container_id,
+                                               "ifname": "eth0"}]}
+        exec_plugin(FERRY, "GC", conf, node=a.ns).ok()
+        assert sorted(a.reservations()) == sorted(keep.ips(4) + keep.ips(6))
+        c.wait("the dropped pod's endpoint gone", lambda: [
+            e["container_id"] for e in endpoint_records(c.etcd)] == [keep.container_id])
+        assert drop.result is not None
+        host_veth = drop.result["interfaces"][0]["name"]
+        wait_reaped(a.ns)  # ferryd hands the pair to its reaper
+        assert host_veth not in a.ns.ip("-o", "link", "show")

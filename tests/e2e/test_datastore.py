@@ -123,3 +123,20 @@ def test_three_members_one_killed_service_goes_on() -> None:
         assert not ds.claim_block(Block("10.32.0.0/26", "p", "b"))
         assert {b.cidr for b in ds.blocks()} == {"10.32.0.0/26", "10.32.0.64/26"}
         assert ds.healthy()
+
+
+def test_tls_with_client_certificates() -> None:
+    from plugin.cluster.config import TLSConfig
+
+    with Etcd.running(tls=True) as etcd:
+        assert etcd.certs is not None and etcd.endpoints[0].startswith("https://")
+        c = etcd.certs
+        tls = TLSConfig(caFile=str(c / "ca.pem"), certFile=str(c / "client.pem"),
+                        keyFile=str(c / "client-key.pem"))
+        ds = connect(DatastoreConfig(type="etcd", endpoints=etcd.endpoints, tls=tls))
+        assert ds.claim_block(Block("10.32.0.0/26", "p", "a"))
+        assert [b.node for b in ds.blocks()] == ["a"]
+        # Without a client certificate the server refuses: unavailable, not a crash.
+        bare = connect(DatastoreConfig(type="etcd", endpoints=etcd.endpoints, timeoutSeconds=1,
+                                       tls=TLSConfig(caFile=str(c / "ca.pem"))))
+        assert not bare.healthy()
