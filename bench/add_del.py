@@ -608,6 +608,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def stop_all(prog: str, started: list[Mode], node: Node) -> None:
+    """Stop the modes in reverse, whatever fails, then remove the node."""
+    for mode in reversed(started):
+        try:
+            mode.stop(node)
+        except Exception as e:  # keep cleaning up
+            print(f"{prog}: stopping {mode.label}: {e}", file=sys.stderr)
+    node.cleanup()
+
+
+def failed(prog: str, e: BenchError, node: Node) -> int:
+    """Say what failed, with the last lines of ferry's logs; the exit status."""
+    print(f"\n{prog}: FAILED: {e}", file=sys.stderr)
+    for log in [*sorted(node.work.glob("ferry*.log")), *node.work.glob("ferryd*.err")]:
+        tail = log.read_text().splitlines()[-5:] if log.exists() else []
+        if tail:
+            print(f"{log.name} (last lines):\n  " + "\n  ".join(tail), file=sys.stderr)
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if os.geteuid() != 0:
@@ -658,22 +678,12 @@ def main(argv: list[str] | None = None) -> int:
                   f"{args.memory_pods} pods attached {memory[1] / 1024:.1f} MiB")
         return 0
     except BenchError as e:
-        print(f"\nadd_del.py: FAILED: {e}", file=sys.stderr)
-        for log in [*sorted(node.work.glob("ferry*.log")), *node.work.glob("ferryd*.err")]:
-            tail = log.read_text().splitlines()[-5:] if log.exists() else []
-            if tail:
-                print(f"{log.name} (last lines):\n  " + "\n  ".join(tail), file=sys.stderr)
-        return 1
+        return failed("add_del.py", e, node)
     except KeyboardInterrupt:
         print("\nadd_del.py: interrupted, cleaning up", file=sys.stderr)
         return 130
     finally:
-        for mode in reversed(started):
-            try:
-                mode.stop(node)
-            except Exception as e:  # keep cleaning up
-                print(f"add_del.py: stopping {mode.label}: {e}", file=sys.stderr)
-        node.cleanup()
+        stop_all("add_del.py", started, node)
 
 
 if __name__ == "__main__":

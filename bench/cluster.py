@@ -191,21 +191,11 @@ def main(argv: list[str] | None = None) -> int:
         report(args, seq, par, claim_add, claim_logged)
         return 0
     except BenchError as e:
-        print(f"\ncluster.py: FAILED: {e}", file=sys.stderr)
-        for log in [*sorted(node.work.glob("ferry*.log")), *node.work.glob("ferryd*.err")]:
-            tail = log.read_text().splitlines()[-5:] if log.exists() else []
-            if tail:
-                print(f"{log.name} (last lines):\n  " + "\n  ".join(tail), file=sys.stderr)
-        return 1
+        return add_del.failed("cluster.py", e, node)
     except KeyboardInterrupt:
         return 130
     finally:
-        for mode in reversed(started):
-            try:
-                mode.stop(node)
-            except Exception as e:  # keep cleaning up
-                print(f"cluster.py: stopping {mode.label}: {e}", file=sys.stderr)
-        node.cleanup()
+        add_del.stop_all("cluster.py", started, node)
 
 
 def report(args: argparse.Namespace, seq: dict[str, Samples], par: dict[str, Any],

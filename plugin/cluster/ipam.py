@@ -26,7 +26,7 @@ from plugin.cluster import node_name
 from plugin.cluster.config import PoolConfig
 from plugin.config import NetConf
 from plugin.datastore import Block, Datastore, DatastoreUnavailable, shared
-from plugin.ipam.allocator import Span, candidates, read_resolv_conf
+from plugin.ipam.allocator import Span, candidates, read_resolv_conf, release_invalid
 from plugin.ipam.store import Store
 from plugin.log import log
 from plugin.protocol import Address, CniError, Code, IPConfig, Network, Result, Route
@@ -254,12 +254,5 @@ class BlockAllocator:
 
     def gc(self, valid: set[tuple[str, str]]) -> list[Address]:
         """CNI GC: release every reservation in the pools not held by a valid attachment."""
-        valid_ids = {cid for cid, _ in valid}
-        freed = []
-        with self.store.locked() as store:
-            for ip, (cid, ifname) in store.reservations().items():
-                keep = (cid, ifname) in valid if ifname else cid in valid_ids
-                if not keep and any(ip in p.cidr for p in self.pools):
-                    store.release(ip)
-                    freed.append(ip)
-        return freed
+        return release_invalid(self.store, valid,
+                               lambda ip: any(ip in p.cidr for p in self.pools))

@@ -7,7 +7,20 @@ from __future__ import annotations
 
 import pytest
 from cluster_support import Cluster, ferryctl
-from harness import ping, tcp_roundtrip
+from harness import Pod, ping, tcp_roundtrip
+
+
+def assert_full_mesh(pods: dict[str, Pod]) -> None:
+    """Every pod pings every pod of the other nodes and opens a TCP connection to it, v4 and
+    v6; the far pod sees the near pod's own address (no SNAT inside the pools)."""
+    for a, pa in pods.items():
+        for b, pb in pods.items():
+            if a == b:
+                continue
+            for v in (4, 6):
+                dst = pb.ips(v)[0]
+                assert ping(pa.ns, dst), f"{a} -> {b} v{v} ping {dst}"
+                assert tcp_roundtrip(pa.ns, pb.ns, dst) == pa.ips(v)[0], f"{a}->{b} v{v}"
 
 
 @pytest.mark.parametrize("dataplane", ["iptables", "ebpf"])
@@ -17,15 +30,7 @@ def test_full_mesh_between_nodes_and_snat_out(dataplane: str) -> None:
         owners = c.block_owners()
         assert sorted(set(owners.values())) == ["a", "b", "c"]  # each node claimed its own
         c.wait("routes to every other node's blocks", c.routes_converged)
-        for a, pa in pods.items():
-            for b, pb in pods.items():
-                if a == b:
-                    continue
-                for v in (4, 6):
-                    dst = pb.ips(v)[0]
-                    assert ping(pa.ns, dst), f"{a} -> {b} v{v} ping {dst}"
-                    # The far pod sees the near pod's own address: no SNAT inside the pools.
-                    assert tcp_roundtrip(pa.ns, pb.ns, dst) == pa.ips(v)[0], f"{a}->{b} v{v}"
+        assert_full_mesh(pods)
         for n in c.nodes:
             pod = pods[n.name]
             # ext has no route to the pools: it answers only because the pod was SNATed.
@@ -46,14 +51,7 @@ def test_vxlan_between_nodes_in_different_subnets(dataplane: str) -> None:
             fdb = n.ns.run("bridge", "fdb", "show", "dev", "ferry.vxlan")
             peers = [m for m in c.nodes if m is not n]
             assert all(f"dst {m.ip4}" in fdb for m in peers), fdb
-        for a, pa in pods.items():
-            for b, pb in pods.items():
-                if a == b:
-                    continue
-                for v in (4, 6):
-                    dst = pb.ips(v)[0]
-                    assert ping(pa.ns, dst), f"{a} -> {b} v{v} ping {dst}"
-                    assert tcp_roundtrip(pa.ns, pb.ns, dst) == pa.ips(v)[0], f"{a}->{b} v{v}"
+        assert_full_mesh(pods)
         for n in c.nodes:
             assert tcp_roundtrip(pods[n.name].ns, c.ext, c.ext_ip4) == n.ip4
         # A node removed: its routes, FDB and neighbour entries go from the others.
