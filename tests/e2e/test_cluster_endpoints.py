@@ -129,3 +129,23 @@ def test_gc_releases_reservations_and_endpoints_of_invalid_attachments() -> None
         host_veth = drop.result["interfaces"][0]["name"]
         wait_reaped(a.ns)  # ferryd hands the pair to its reaper
         assert host_veth not in a.ns.ip("-o", "link", "show")
+
+
+def test_standalone_binary_without_ferryd_and_del_without_datastore() -> None:
+    """No ferryd on the node: the binary claims the block and writes the endpoint itself;
+    with etcd down, DEL still releases everything local (the reservation files are the
+    block's), and the endpoint is left for a ferryd's reconcile."""
+    with Cluster.create(names=("a",), start=False) as c:
+        a = c.node("a")
+        pod = a.add_pod()
+        assert len(c.block_owners()) == 2 and a.cached_blocks() == sorted(c.block_owners())
+        (ep,) = endpoint_records(c.etcd)
+        assert ep["container_id"] == pod.container_id and ep["node"] == "a"
+        c.etcd.stop(c.etcd.members[0])
+        a.del_pod(pod)
+        assert a.reservations() == {}
+        c.etcd.start(c.etcd.members[0])
+        c.etcd.wait_healthy()
+        assert len(endpoint_records(c.etcd)) == 1  # nobody to delete it yet...
+        a.start()
+        c.wait("...until ferryd reconciles", lambda: endpoint_records(c.etcd) == [])
