@@ -2,10 +2,29 @@
 # node agent ferryd.
 #   docker build -t ferry-cni:0.1.0 .
 # Debian 12 to match the nodes: the venv built here (ferry installed in it) is copied to the node by
-# `deploy/install.sh --copy` and run there on /usr/bin/python3.11; bcc (python3-bpfcc) is a
-# Debian package, hence --system-site-packages.
-FROM debian:bookworm-slim
+# `deploy/install.sh --copy` and run there on /usr/bin/python3.11.
+#
+# Two stages. `build` has clang and libbpf-dev and builds the wheel, whose build compiles the
+# prebuilt BPF objects (bpf/snat.o, bpf/redirect.o: package data, see setup.py). The final
+# image installs that wheel and carries the objects, but no compiler, no kernel headers and no
+# bcc: ferryd loads the objects with the ELF loader (pyelftools + bpf(2)).
 
+FROM debian:bookworm-slim AS build
+ARG DEBIAN_FRONTEND=noninteractive
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends \
+        ca-certificates clang libbpf-dev linux-libc-dev python3 python3-pip python3-venv \
+ && rm -rf /var/lib/apt/lists/*
+COPY . /src
+RUN rm -f /src/bpf/*.o \
+ && python3 -m venv /build-venv \
+ && /build-venv/bin/python -m pip wheel --no-cache-dir --no-deps -w /dist /src \
+ && python3 -c "import sys, zipfile; n = set(zipfile.ZipFile(sys.argv[1]).namelist()); \
+      sys.exit(0 if {'bpf/snat.o', 'bpf/redirect.o'} <= n else 'no BPF objects in the wheel')" \
+      /dist/ferry_cni-*.whl \
+ && mkdir /deploy && cp -a /src/deploy/. /deploy/
+
+FROM debian:bookworm-slim
 ARG DEBIAN_FRONTEND=noninteractive
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
@@ -16,18 +35,19 @@ RUN apt-get update \
         iptables \
         nftables \
         python3 \
-        python3-bpfcc \
         python3-venv \
+        util-linux \
  && rm -rf /var/lib/apt/lists/*
 
-# ferry installed into a venv as a regular package (sources and BPF files as package data);
-# the checkout itself is not kept: only deploy/ (the install script and examples) is.
-COPY . /tmp/ferry-src
+# ferry installed into a venv from the build stage's wheel (sources, prebuilt objects as
+# package data); only deploy/ (the install script and examples) is kept of the checkout.
+COPY --from=build /dist /tmp/dist
+COPY --from=build /deploy /opt/ferry/deploy
 RUN python3 -m venv --system-site-packages /opt/ferry/venv \
- && /opt/ferry/venv/bin/python -m pip install --no-cache-dir /tmp/ferry-src \
- && cp -a /tmp/ferry-src/deploy /opt/ferry/deploy \
- && rm -rf /tmp/ferry-src \
- && CNI_COMMAND=VERSION /opt/ferry/venv/bin/ferry
+ && /opt/ferry/venv/bin/python -m pip install --no-cache-dir /tmp/dist/ferry_cni-*.whl \
+ && rm -rf /tmp/dist \
+ && CNI_COMMAND=VERSION /opt/ferry/venv/bin/ferry \
+ && /opt/ferry/venv/bin/python -c "from loader import pins; print(pins.choose_loader('elf'))"
 
 ENV FERRY_HOME=/opt/ferry \
     HOST_ROOT=/host \

@@ -9,7 +9,7 @@ and an 'ext' namespace running iperf3 servers:
           by ferry_snat_eg on the uplink's egress and every reply by ferry_snat_in
 Figures: iperf3 TCP throughput (pod -> ext), UDP packets per second (64-byte datagrams,
 unlimited rate, what the server received), each over IPv4 and IPv6 (the pods are dual-stack;
-ferry_snat_eg/in translate both families), and the loader's compile time (fresh bpffs root)
+ferry_snat_eg/in translate both families), and the loader's load time (fresh bpffs root)
 and load-from-pins time (second load, same build). The modes alternate round by round so
 machine noise hits both alike; the best round of each is reported.
 Everything (namespaces, pins, filters, temp dirs) is removed at exit, also on error.
@@ -109,7 +109,8 @@ def main() -> None:
               f"Gb/s{s[tcp] / r[tcp]:>13.2f}x")
         print(f"{label + ' UDP 64B pkts/s':22}{r[udp] / 1e3:>16.0f} k{s[udp] / 1e3:>14.0f} k"
               f"{s[udp] / r[udp]:>14.2f}x")
-    print(f"loader: compile+load+pin {compile_s:.2f} s, load from pins {reuse_s * 1e3:.1f} ms "
+    print(f"loader (prebuilt objects, bench/loader.py compares bcc): load+pin "
+          f"{compile_s * 1e3:.1f} ms, load from pins {reuse_s * 1e3:.1f} ms "
           f"({compile_s / reuse_s:.0f}x faster)")
     print(json.dumps({"routed": r, "snat": s, "compile_s": compile_s,
                       "load_from_pins_s": reuse_s}, default=_num))

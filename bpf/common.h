@@ -5,6 +5,14 @@
 #ifndef FERRY_COMMON_H
 #define FERRY_COMMON_H
 
+/* One source, two builds (see loader/layouts.py for the generated part):
+ *  bcc: the generated layouts are prepended (FERRY_BCC defined), headers come from the
+ *    kernel tree, bcc's helpers.h is implicit;
+ *  clang -target bpf: Debian's uapi headers, libbpf's bpf_helpers.h and the generated
+ *    ferry_layouts.h (BTF-defined maps in .maps).
+ * Shared code uses only map_lookup/map_update/map_delete(map, ...) and the libbpf helper
+ * names; programs are declared with FERRY_PROG(name). */
+#ifdef FERRY_BCC
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/pkt_cls.h>
 #include <uapi/linux/if_ether.h>
@@ -15,6 +23,33 @@
 #include <uapi/linux/icmp.h>
 #include <uapi/linux/ipv6.h>
 #include <uapi/linux/icmpv6.h>
+/* bcc rewrites map calls only outside macros: <map>__lookup etc. are generated functions. */
+#define map_lookup(map, key) map##__lookup(key)
+#define map_update(map, key, value, flags) map##__update(key, value, flags)
+#define map_delete(map, key) map##__delete(key)
+/* bcc names the program's section itself (by function name). */
+#define FERRY_PROG(name) int name(struct __sk_buff *skb)
+#else
+#include <linux/bpf.h>
+#include <linux/pkt_cls.h>
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <linux/in.h>
+#include <linux/tcp.h>
+#include <linux/udp.h>
+#include <linux/icmp.h>
+#include <linux/ipv6.h>
+#include <linux/icmpv6.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include "ferry_layouts.h"
+#define map_lookup(map, key) bpf_map_lookup_elem(&(map), key)
+#define map_update(map, key, value, flags) bpf_map_update_elem(&(map), key, value, flags)
+#define map_delete(map, key) bpf_map_delete_elem(&(map), key)
+/* Every program in section "tc" (libbpf's name for SCHED_CLS), found by its symbol. */
+#define FERRY_PROG(name) SEC("tc") int name(struct __sk_buff *skb)
+char _license[] SEC("license") = "GPL";
+#endif
 
 #ifndef AF_INET
 #define AF_INET 2
@@ -155,7 +190,7 @@ static __always_inline int ip6_zero(const __u32 *a)
 static __always_inline struct nat_config *nat_cfg(void)
 {
     __u32 zero = 0;
-    return ferry_nat_cfg.lookup(&zero);
+    return map_lookup(ferry_nat_cfg, &zero);
 }
 
 /* Routers decrement the TTL; a redirect bypasses the stack that would have done it. */

@@ -7,7 +7,7 @@
  *    its namespace directly with bpf_redirect_peer (no second pass through the host veth). */
 #include "common.h"
 
-int ferry_eni_eg(struct __sk_buff *skb)
+FERRY_PROG(ferry_eni_eg)
 {
     struct pkt4 p = {};
     struct ip4_key k = {};
@@ -18,11 +18,11 @@ int ferry_eni_eg(struct __sk_buff *skb)
     if (parse4(skb, &p) < 0)
         return TC_ACT_OK;
     k.addr = p.saddr;
-    r = ferry_redirect.lookup(&k);
+    r = map_lookup(ferry_redirect, &k);
     if (!r)
         return TC_ACT_OK;
     k.addr = p.daddr;
-    if (ferry_endpoints.lookup(&k))
+    if (map_lookup(ferry_endpoints, &k))
         return TC_ACT_OK; /* another pod of this node: plain routing */
     cfg = nat_cfg();
     if (cfg && p.daddr == cfg->node_ip)
@@ -36,7 +36,7 @@ int ferry_eni_eg(struct __sk_buff *skb)
     return redirect_neigh(r->eni_ifindex, &nh, sizeof(nh), 0);
 }
 
-int ferry_eni_in(struct __sk_buff *skb)
+FERRY_PROG(ferry_eni_in)
 {
     struct pkt4 p = {};
     struct ip4_key k = {};
@@ -45,7 +45,7 @@ int ferry_eni_in(struct __sk_buff *skb)
     if (parse4(skb, &p) < 0)
         return TC_ACT_OK;
     k.addr = p.daddr;
-    r = ferry_redirect.lookup(&k);
+    r = map_lookup(ferry_redirect, &k);
     if (!r || r->eni_ifindex != skb->ingress_ifindex)
         return TC_ACT_OK;
     if (dec_ttl(skb, p.ttl) < 0)

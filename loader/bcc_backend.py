@@ -14,15 +14,17 @@ from loader import syscall
 from loader.layouts import MAPS, PROGRAMS
 
 
-def compile_and_pin(source: str, cflags: list[str], stage: str) -> float:
-    """Compile `source`, load the programs, pin programs and maps under `stage`/{progs,maps}.
-    Returns the compile+load time in seconds."""
+def compile_and_pin(source: str, cflags: list[str], stage: str,
+                    skip: tuple[str, ...] = ()) -> float:
+    """Compile `source`, load the programs (but `skip`), pin programs and maps under
+    `stage`/{progs,maps}. Returns the compile+load time in seconds."""
     from bcc import BPF  # heavy (~1 s): imported only when a compile is needed
 
     started = time.monotonic()
     bpf = BPF(text=source.encode(), cflags=cflags)  # bcc warns on str
     try:
-        progs = {name: bpf.load_func(name.encode(), BPF.SCHED_CLS) for name in PROGRAMS}
+        progs = {name: bpf.load_func(name.encode(), BPF.SCHED_CLS) for name in PROGRAMS
+                 if name not in skip}
         elapsed = time.monotonic() - started
         for sub in ("progs", "maps"):
             os.makedirs(os.path.join(stage, sub), mode=0o700, exist_ok=True)

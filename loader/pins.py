@@ -1,17 +1,22 @@
 """BPF lifecycle: bpffs, the pin directory of a network, the build hash, load and unload.
 
 Layout: <bpffsRoot>/<network>/{progs/<prog>, maps/<map>}. bpffs holds no regular files, so
-the build record (hash of sources + flags + kernel release) lives in the pinned map
-ferry_meta. A load whose hash matches the pinned record reopens the pins and compiles
-nothing; any other load compiles into a staging directory and swaps it in by rename, so a
-concurrent CNI ADD sees either the old set or the new one, never half of each.
+the build record (the build hash, which loader pinned it, the kernel features found missing)
+lives in the pinned map ferry_meta. A load whose hash matches the pinned record reopens the
+pins and loads nothing; any other load builds into a staging directory and swaps it in by
+rename, so a concurrent CNI ADD sees either the old set or the new one, never half of each.
+
+Two loaders (`loader` of the network config): "elf" loads the prebuilt objects of
+loader/objects.py (loader/elf.py: pyelftools and bpf(2), no compiler), "bcc" compiles the
+sources on the node (loader/bcc_backend.py, the development path); "auto" takes the objects
+when they are there and current for these sources and layout, else bcc.
+Build hash: bcc, of the sources, flags and kernel release; elf, of the objects' bytes.
 """
 
 from __future__ import annotations
 
 import ctypes
 import hashlib
-import importlib.resources
 import os
 import platform
 import shutil
@@ -20,14 +25,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from loader import syscall
-from loader.layouts import LAYOUT_VERSION, MAPS, PROGRAMS, Meta, c_header
+from loader import objects, probes, syscall
+from loader.layouts import LAYOUT_VERSION, LOADERS, MAPS, PROGRAMS, Meta, c_header
 from loader.maps import PinnedMap
 
 DEFAULT_ROOT = "/sys/fs/bpf/ferry"
-# The `bpf` package holds the sources as package data: beside loader/ in a checkout, in
-# site-packages after a wheel install.
-BPF_DIR = Path(str(importlib.resources.files("bpf")))
+# The `bpf` package holds the sources and the prebuilt objects as package data: beside loader/
+# in a checkout, in site-packages after a wheel install.
+BPF_DIR = objects.BPF_DIR
+OBJECT_DIR = BPF_DIR
+LOADER_CHOICES = ("auto", "elf", "bcc")
 SOURCES = ("common.h", "snat.c", "redirect.c")  # one unit: the programs share the maps
 BPFFS_MAGIC = 0xCAFE4A11
 
@@ -36,13 +43,20 @@ class NotLoaded(Exception):
     """The network's pins are missing or incomplete: `ferryctl load` has not run."""
 
 
+class LoaderUnavailable(Exception):
+    """The requested loader cannot run here (no objects for `elf`, no bcc for `bcc`)."""
+
+
 @dataclass
 class LoadResult:
     dir: str
     hash: str
-    compiled: bool
+    compiled: bool  # a new build was loaded (False: the pins were reopened)
     seconds: float
     prog_ids: dict[str, int] = field(default_factory=dict)
+    loader: str = ""  # "elf" or "bcc": the loader of the pinned build
+    why: str = ""  # why that loader
+    missing: int = 0  # probes bits the pinned build found missing (their programs skipped)
 
 
 def pin_dir(root: str, network: str) -> str:
@@ -79,27 +93,68 @@ def ensure_bpffs(root: str) -> None:
 
 
 def source_text(bpf_dir: Path = BPF_DIR) -> str:
-    """The compile unit: generated layouts, then the sources, headers inlined: bcc rewrites
+    """bcc's compile unit: generated layouts, then the sources, headers inlined: bcc rewrites
     map calls (m.lookup(...)) only in the main text, never in an #included file."""
-    parts = [c_header()]
+    parts = [c_header("bcc")]
     for name in SOURCES:
         text = (bpf_dir / name).read_text().replace('#include "common.h"', "/* common.h */")
         parts.append(f"\n/* ---- {name} ---- */\n{text}")
     return "".join(parts)
 
 
-def build_hash(bpf_dir: Path = BPF_DIR, cflags: tuple[str, ...] = ()) -> str:
+def choose_loader(requested: str = "auto", bpf_dir: Path = BPF_DIR,
+                  obj_dir: Path = OBJECT_DIR, cflags: tuple[str, ...] = ()) -> tuple[str, str]:
+    """(loader, why) for a load: `elf`/`bcc` as asked if they can run, `auto` prefers the
+    prebuilt objects. Raises LoaderUnavailable with the reason otherwise."""
+    if requested not in LOADER_CHOICES:
+        raise LoaderUnavailable(f"unknown loader {requested!r} (one of {LOADER_CHOICES})")
+    if requested in ("auto", "elf") and not cflags:
+        ok, why = objects.current(obj_dir, bpf_dir)
+        if ok:
+            return "elf", why
+        if requested == "elf":
+            raise LoaderUnavailable(f"loader elf: {why}")
+    elif requested == "elf":
+        raise LoaderUnavailable("loader elf: compile flags need the bcc loader")
+    else:
+        why = "compile flags given" if cflags else ""
+    ok_bcc, why_bcc = bcc_available()
+    if not ok_bcc:
+        raise LoaderUnavailable(f"loader {requested}: {why}; and {why_bcc}" if why
+                                else f"loader bcc: {why_bcc}")
+    return "bcc", (f"{why}: bcc compiles on the node" if why else why_bcc)
+
+
+def bcc_available() -> tuple[bool, str]:
+    """bcc can compile here: importable, and kernel headers where it looks for them."""
+    import importlib.util
+
+    if importlib.util.find_spec("bcc") is None:
+        return False, "bcc (python3-bpfcc) is not importable"
+    release = platform.release()
+    if not any(Path(f"/lib/modules/{release}/{d}/include").is_dir()
+               for d in ("build", "source")):
+        return False, f"no kernel headers under /lib/modules/{release}/build"
+    return True, "bcc and kernel headers present"
+
+
+def build_hash(bpf_dir: Path = BPF_DIR, cflags: tuple[str, ...] = (), loader: str = "bcc",
+               obj_dir: Path = OBJECT_DIR, skip: tuple[str, ...] = ()) -> str:
     h = hashlib.sha256()
-    h.update(f"layout={LAYOUT_VERSION}\nkernel={platform.release()}\n".encode())
+    h.update(f"layout={LAYOUT_VERSION}\nloader={loader}\nskip={','.join(skip)}\n".encode())
+    if loader == "elf":
+        for name in sorted(objects.OBJECTS):
+            h.update(f"{name}\0".encode())
+            h.update((obj_dir / name).read_bytes())
+        return h.hexdigest()
+    h.update(f"kernel={platform.release()}\n".encode())
     h.update(("\0".join(cflags) + "\n").encode())
     h.update(source_text(bpf_dir).encode())
     return h.hexdigest()
 
 
-def pinned_hash(pins: str) -> str | None:
-    """The hash recorded by the build pinned at `pins`, None if there is no complete build."""
-    if not all(os.path.exists(prog_path(pins, p)) for p in PROGRAMS):
-        return None
+def pinned_meta(pins: str) -> Meta | None:
+    """The record of the complete build pinned at `pins`; None if there is none."""
     if not all(os.path.exists(map_path(pins, m)) for m in MAPS):
         return None
     try:
@@ -109,12 +164,23 @@ def pinned_hash(pins: str) -> str | None:
         return None
     if rec is None or rec.layout_version != LAYOUT_VERSION:
         return None
-    return bytes(rec.hash).hex()
+    skipped = probes.Features(rec.missing).skipped_programs()
+    if not all(os.path.exists(prog_path(pins, p)) for p in PROGRAMS if p not in skipped):
+        return None
+    return rec
+
+
+def pinned_hash(pins: str) -> str | None:
+    """The hash recorded by the build pinned at `pins`, None if there is no complete build."""
+    rec = pinned_meta(pins)
+    return bytes(rec.hash).hex() if rec is not None else None
 
 
 def prog_ids(pins: str) -> dict[str, int]:
     out = {}
     for name in PROGRAMS:
+        if not os.path.exists(prog_path(pins, name)):
+            continue  # not loaded: a kernel feature it needs is missing (ferry_meta says)
         fd = syscall.obj_get(prog_path(pins, name))
         try:
             out[name] = syscall.prog_info(fd)[0]
@@ -123,25 +189,39 @@ def prog_ids(pins: str) -> dict[str, int]:
     return out
 
 
-def load(root: str, network: str, bpf_dir: Path = BPF_DIR,
-         cflags: tuple[str, ...] = ()) -> LoadResult:
-    """Reopen the network's pins if they hold this build, else compile and pin it."""
+def load(root: str, network: str, bpf_dir: Path = BPF_DIR, cflags: tuple[str, ...] = (),
+         loader: str = "auto", obj_dir: Path = OBJECT_DIR,
+         features: probes.Features | None = None) -> LoadResult:
+    """Reopen the network's pins if they hold this build, else load it (from the prebuilt
+    objects or by bcc, see choose_loader) and pin it. Programs whose kernel features are
+    missing (`features`, probed when not given) are not loaded; ferry_meta records which."""
     started = time.monotonic()
     ensure_bpffs(root)
     pins = pin_dir(root, network)
-    digest = build_hash(bpf_dir, cflags)
-    if pinned_hash(pins) == digest:
-        return LoadResult(pins, digest, False, time.monotonic() - started, prog_ids(pins))
-
-    from loader import bcc_backend
+    chosen, why = choose_loader(loader, bpf_dir, obj_dir, cflags)
+    feats = features if features is not None else probes.probe()
+    skip = feats.skipped_programs()
+    digest = build_hash(bpf_dir, cflags, chosen, obj_dir, skip)
+    code = next(k for k, v in LOADERS.items() if v == chosen)
+    rec = pinned_meta(pins)
+    if rec is not None and bytes(rec.hash).hex() == digest:
+        return LoadResult(pins, digest, False, time.monotonic() - started, prog_ids(pins),
+                          chosen, why, rec.missing)
 
     stage = f"{pins}-stage{os.getpid()}"
     _remove(stage)
     try:
-        bcc_backend.compile_and_pin(source_text(bpf_dir),
-                                    list(cflags), stage)
+        if chosen == "elf":
+            from loader import elf
+
+            elf.load_and_pin([obj_dir / o for o in objects.OBJECTS], stage, skip)
+        else:
+            from loader import bcc_backend
+
+            bcc_backend.compile_and_pin(source_text(bpf_dir), list(cflags), stage, skip)
         with PinnedMap(map_path(stage, "ferry_meta"), MAPS["ferry_meta"]) as meta:
-            rec = Meta(layout_version=LAYOUT_VERSION, compiled_at=time.time_ns())
+            rec = Meta(layout_version=LAYOUT_VERSION, compiled_at=time.time_ns(), loader=code,
+                       missing=feats.missing)
             ctypes.memmove(rec.hash, bytes.fromhex(digest), 32)
             meta.put(ctypes.c_uint32(0), rec)
         old = f"{pins}-old{os.getpid()}"
@@ -152,7 +232,14 @@ def load(root: str, network: str, bpf_dir: Path = BPF_DIR,
     except BaseException:
         _remove(stage)
         raise
-    return LoadResult(pins, digest, True, time.monotonic() - started, prog_ids(pins))
+    return LoadResult(pins, digest, True, time.monotonic() - started, prog_ids(pins), chosen,
+                      why, feats.missing)
+
+
+def pinned_loader(pins: str) -> str:
+    """"elf" or "bcc": which loader pinned the build at `pins` ("" if none)."""
+    rec = pinned_meta(pins)
+    return LOADERS.get(rec.loader, "") if rec is not None else ""
 
 
 def unload(root: str, network: str) -> bool:

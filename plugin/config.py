@@ -129,6 +129,9 @@ class NetConf(_Model):
     snat_port_range: str = Field("61000-65535", alias="snatPortRange",
                                  pattern=r"^[0-9]{1,5}-[0-9]{1,5}$")
     bpffs_root: str = Field("/sys/fs/bpf/ferry", alias="bpffsRoot")
+    # How the eBPF programs get into the kernel (loader/pins.py): the prebuilt ELF objects
+    # ("elf"), bcc compiling on the node ("bcc"), or "auto": the objects when present.
+    loader: Literal["auto", "elf", "bcc"] = "auto"
     uplink: str | None = None  # default: the device holding nodeIP, else the default route's
     veth_prefix: str = Field("fry", alias="vethPrefix", min_length=1,
                              max_length=15 - VETH_HASH_CHARS, pattern=r"^[a-zA-Z][a-zA-Z0-9]*$")

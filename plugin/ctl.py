@@ -1,9 +1,11 @@
 """ferryctl: node-level control of the network's dataplane (ebpf, or the fallback).
 
-  ferryctl load    --config FILE [--cflag=-DX=1]   compile (or reuse the pins), attach, re-sync
+  ferryctl load    --config FILE [--cflag=-DX=1]   load (or reuse the pins), attach, re-sync
   ferryctl unload  --config FILE                   detach and remove the pins
   ferryctl inspect --config FILE [--json]         pods, NAT entries, redirects, filters
   ferryctl gc      --config FILE [--idle 300]     expire idle NAT entries
+  ferryctl records --config FILE [--json]         attachment records, and the damaged ones
+                                                  quarantined (never acted on) with why
   ferryctl nodes   --config FILE [--json]         cluster mode: nodes, IPs, blocks, lease age
   ferryctl endpoints --config FILE [--json]       cluster mode: workload endpoints, all nodes
   ferryctl node remove NAME --config FILE         cluster mode: release a dead node's blocks
@@ -45,6 +47,10 @@ def render(info: dict[str, Any]) -> str:
             f"build {info.get('hash', '-')}  "
             f"uplink {info.get('uplink', '?')}  nodeIP {info.get('nodeIP', '?')}"
             f"  nodeIPv6 {info.get('nodeIPv6') or '-'}\n")
+    if "loader" in info:  # the eBPF dataplane: which loader pinned it, what the kernel lacks
+        lacking = [f for f, ok in info.get("features", {}).items() if not ok]
+        head += (f"loader {info['loader']}  kernel lacks {', '.join(lacking) or 'nothing'}"
+                 f"  pod ENIs: {info.get('podENIMode', 'ebpf')}\n")
     filters = "".join(f"  {dev}: ingress {f['ingress']} egress {f['egress']}\n"
                       for dev, f in info["filters"].items())
     return (head + "filters:\n" + filters
@@ -58,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="ferryctl", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    for name in ("load", "unload", "inspect", "gc"):
+    for name in ("load", "unload", "inspect", "gc", "records"):
         p = sub.add_parser(name)
         p.add_argument("--config", required=True)
         p.add_argument("--json", action="store_true")
@@ -87,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         conf = read_config(args.config)
         logging_setup.setup(conf.log)
+        if args.cmd == "records":
+            return _records(conf, args.json)
         dataplane = select(conf, loading=args.cmd == "load")
         if args.cmd == "load":
             out = dataplane.load(conf, tuple(args.cflag))
@@ -106,6 +114,27 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(out, indent=2))
     else:
         print("\n".join(f"{k}: {v}" for k, v in out.items()))
+    return 0
+
+
+def records(conf: NetConf) -> dict[str, Any]:
+    """The network's attachment records and its quarantined (damaged) ones; moves nothing."""
+    from plugin.state import StateStore
+
+    store = StateStore(conf.state_dir, conf.name, conf.veth_prefix, move_damaged=False)
+    return {"network": conf.name, "dir": str(store.dir),
+            "attachments": [f"{a.container_id}/{a.ifname}" for a in store.all()],
+            "quarantined": [{"file": name, "reason": why} for name, why in store.quarantined()]}
+
+
+def _records(conf: NetConf, as_json: bool) -> int:
+    out = records(conf)
+    if as_json:
+        print(json.dumps(out, indent=2))
+        return 0
+    print(f"network {out['network']}  records {out['dir']}  "
+          f"attachments {len(out['attachments'])}")
+    sys.stdout.write(_table("quarantined", out["quarantined"], ["file", "reason"]))
     return 0
 
 

@@ -7,6 +7,7 @@ unwinds the stack in reverse, so a failed ADD leaves the host as it found it.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable
@@ -15,10 +16,11 @@ from typing import Any
 from plugin import ipam, wiring
 from plugin import log as logging_setup
 from plugin.config import NetConf, parse, pod_eni
-from plugin.dataplane import select
+from plugin.dataplane import Dataplane, select
 from plugin.log import log
 from plugin.protocol import CniError, Code, IPConfig, Request, Result
-from plugin.state import Attachment, StateStore
+from plugin.rtnl import Link, Rtnl
+from plugin.state import Attachment, StateStore, owner_tag, parse_owner_tag
 
 VALID_ATTACHMENTS = "cni.dev/valid-attachments"
 
@@ -40,7 +42,7 @@ def dispatch(commands: dict[str, Callable[[Any, Request], dict[str, Any] | None]
     logging_setup.setup(conf.log)
     started = time.monotonic()
     ctx = {"cmd": req.command, "container": req.container_id, "ifname": req.ifname,
-           "network": conf.name, **ctx}
+           "network": conf.name, **pod_identity(req), **ctx}
     try:
         out = commands[req.command](conf, req)
     except CniError as e:
@@ -49,6 +51,22 @@ def dispatch(commands: dict[str, Callable[[Any, Request], dict[str, Any] | None]
     log.info("%s ok", req.command,
              extra={**ctx, "ms": round((time.monotonic() - started) * 1000, 1)})
     return out
+
+
+def pod_identity(req: Request) -> dict[str, str]:
+    """The CNI_ARGS pod identity, for the log: an operator follows one pod (across its
+    sandboxes) by namespace/name, and one sandbox by its infra container id."""
+    keys = {"K8S_POD_NAMESPACE": "k8s_namespace", "K8S_POD_NAME": "k8s_pod",
+            "K8S_POD_INFRA_CONTAINER_ID": "k8s_infra_id"}
+    return {field: req.args[arg] for arg, field in keys.items() if req.args.get(arg)}
+
+
+def store(conf: NetConf) -> StateStore:
+    return StateStore(conf.state_dir, conf.name, conf.veth_prefix)
+
+
+def owner(states: StateStore, att: Attachment) -> str:
+    return owner_tag(states.scope, att.container_id, att.ifname)
 
 
 def host_veth(conf: NetConf, req: Request) -> str:
@@ -67,7 +85,7 @@ def new_attachment(conf: NetConf, req: Request, states: StateStore) -> Attachmen
 
 
 def add(conf: NetConf, req: Request) -> dict[str, Any]:
-    states = StateStore(conf.state_dir, conf.name)
+    states = store(conf)
     att = new_attachment(conf, req, states)
     eni = pod_eni(conf, req.args)
     att.pod_eni = eni.model_dump(mode="json") if eni else None
@@ -103,8 +121,10 @@ def provision(conf: NetConf, req: Request, att: Attachment, states: StateStore,
 
     # setup removes what it made if it fails; tearing down by name before it succeeded
     # would delete a same-named link that was there before us.
-    links = wiring.setup(req.netns, req.ifname, att.host_veth, conf.mtu, ips, allocated.routes)
-    undo.append(lambda: wiring.teardown(att.netns, att.ifname, att.host_veth))
+    tag = owner(states, att)
+    links = wiring.setup(req.netns, req.ifname, att.host_veth, tag, conf.mtu, ips,
+                         allocated.routes, replaceable=older_sandbox(states, att))
+    undo.append(lambda: wiring.teardown(att.netns, att.ifname, att.host_veth, tag, True))
 
     dataplane = select(conf)
     dataplane.attach(conf, att)
@@ -120,20 +140,74 @@ def unwind(undo: list[Callable[[], None]], failure: BaseException) -> None:
             log.exception("rollback step failed after: %s", failure)
 
 
+def older_sandbox(states: StateStore, att: Attachment) -> Callable[[Link], bool]:
+    """Whether a link holding att's host veth name is an older sandbox's of the same pod, which
+    the new sandbox may take the name from (as the AWS VPC CNI and Calico delete an existing
+    host veth of the pod's name): tagged by another attachment of this network, or untagged
+    (made before ferry tagged links) and named by another record of the same Kubernetes pod.
+    The old attachment keeps its record and IPs until its own DEL, which leaves our link be."""
+    def replaceable(link: Link) -> bool:
+        tag = parse_owner_tag(link.alias)
+        if tag is not None:
+            return tag[0] == states.scope
+        if link.alias or not att.k8s_pod:
+            return False
+        return any(a.host_veth == link.name and a.k8s_pod == att.k8s_pod
+                   and (a.container_id, a.ifname) != (att.container_id, att.ifname)
+                   for a in states.all())
+    return replaceable
+
+
+def claimed_by_another(states: StateStore, att: Attachment) -> bool:
+    """Whether a record other than att's names att's host veth, or a damaged record (whose
+    attachment cannot be known) is kept: an untagged link of that name is then not att's."""
+    if states.quarantined():
+        return True
+    return any(a.host_veth == att.host_veth
+               and (a.container_id, a.ifname) != (att.container_id, att.ifname)
+               for a in states.all())
+
+
+def unwire(conf: NetConf, states: StateStore, att: Attachment, netns: str, recorded: bool,
+           dataplane: Dataplane | None = None) -> None:
+    """Remove att's dataplane state and veth pair, and nothing that is another attachment's:
+    a host veth of att's name is att's only if it carries att's owner tag, or carries none and
+    (recorded) att's own record names it or (no record) no other record does."""
+    tag = owner(states, att)
+    untagged_ok = recorded or not claimed_by_another(states, att)
+    with Rtnl() as host:
+        link = host.link(att.host_veth)
+    ours = link is not None and wiring.owned(link, tag, untagged_ok)
+    if link is not None and not ours:
+        log.info("host veth %s belongs to another attachment: left alone", att.host_veth,
+                 extra={"container": att.container_id, "owner": link.alias or "untagged"})
+    # A link taken over by the pod's newer sandbox: its filters are that sandbox's now.
+    (dataplane or select(conf)).detach(conf, att if ours else
+                                       dataclasses.replace(att, host_veth=""))
+    wiring.teardown(netns, att.ifname, att.host_veth, tag, untagged_ok)
+
+
+def find(conf: NetConf, req: Request, states: StateStore) -> tuple[Attachment, bool]:
+    """The request's attachment by its record (True), else as ADD would have named it."""
+    att = states.load(req.container_id, req.ifname)
+    if att is not None:
+        return att, True
+    return Attachment(container_id=req.container_id, ifname=req.ifname, netns=req.netns,
+                      host_veth=host_veth(conf, req)), False
+
+
 def delete(conf: NetConf, req: Request) -> None:
-    """Tear down by the attachment record; without one, by the deterministic names."""
-    states = StateStore(conf.state_dir, conf.name)
-    att = states.load(req.container_id, req.ifname) or Attachment(
-        container_id=req.container_id, ifname=req.ifname, netns=req.netns,
-        host_veth=host_veth(conf, req))
-    deprovision(conf, req, att, states)
+    """Tear down by the attachment record; without one, what ADD would have made, if ours."""
+    states = store(conf)
+    att, recorded = find(conf, req, states)
+    deprovision(conf, req, att, states, recorded)
     return None
 
 
-def deprovision(conf: NetConf, req: Request, att: Attachment, states: StateStore) -> None:
+def deprovision(conf: NetConf, req: Request, att: Attachment, states: StateStore,
+                recorded: bool) -> None:
     """Undo provision() whatever of it happened; each step tolerates what is already gone."""
-    select(conf).detach(conf, att)
-    wiring.teardown(req.netns or att.netns, req.ifname, att.host_veth)
+    unwire(conf, states, att, req.netns or att.netns, recorded)
     ipam.release(conf, req)
     states.remove(req.container_id, req.ifname)
 
@@ -147,12 +221,12 @@ def check(conf: NetConf, req: Request) -> None:
     if idx is None:
         raise CniError(Code.CHECK_FAILED, f"prevResult has no container interface {req.ifname}")
     mine = Result(ips=[ip for ip in prev.ips if ip.interface == idx], routes=prev.routes)
-    states = StateStore(conf.state_dir, conf.name)
+    states = store(conf)
     att = states.load(req.container_id, req.ifname)
     if att is None or not att.complete:
         raise CniError(Code.UNKNOWN_CONTAINER, "ferry has no attachment for this container",
                        f"{req.container_id}/{req.ifname}")
-    wiring.check(req.netns, req.ifname, att.host_veth, conf.mtu, mine)
+    wiring.check(req.netns, req.ifname, att.host_veth, owner(states, att), conf.mtu, mine)
     ipam.check(conf, req, [ip.address.ip for ip in mine.ips])
     return None
 
@@ -183,15 +257,14 @@ def valid_attachments(req: Request) -> set[tuple[str, str]]:
 def gc(conf: NetConf, req: Request) -> None:
     """Remove every attachment of this network that the runtime no longer lists as valid."""
     valid = valid_attachments(req)
-    states = StateStore(conf.state_dir, conf.name)
+    states = store(conf)
     dataplane = select(conf)
     for att in states.all():
         if (att.container_id, att.ifname) in valid:
             continue
         log.info("gc: removing stale attachment", extra={"container": att.container_id,
                                                          "ifname": att.ifname})
-        dataplane.detach(conf, att)
-        wiring.teardown(att.netns, att.ifname, att.host_veth)
+        unwire(conf, states, att, att.netns, recorded=True, dataplane=dataplane)
         states.remove(att.container_id, att.ifname)
     if conf.ipam.builtin:
         from plugin.ipam.allocator import Allocator

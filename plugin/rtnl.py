@@ -29,7 +29,7 @@ RTM_NEWADDR, RTM_GETADDR = 20, 22
 RTM_NEWROUTE, RTM_GETROUTE = 24, 26
 RTM_NEWNEIGH = 28
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_OPERSTATE = 1, 3, 4, 16
-IFLA_LINKINFO, IFLA_GROUP, IFLA_NET_NS_FD = 18, 27, 28
+IFLA_LINKINFO, IFLA_IFALIAS, IFLA_GROUP, IFLA_NET_NS_FD = 18, 20, 27, 28
 IFLA_INFO_KIND, IFLA_INFO_DATA, VETH_INFO_PEER = 1, 2, 1
 IFA_ADDRESS, IFA_LOCAL, IFA_FLAGS = 1, 2, 8
 RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_TABLE = 1, 4, 5, 15
@@ -64,6 +64,7 @@ class Link:
     flags: int
     group: int
     operstate: str
+    alias: str = ""  # IFLA_IFALIAS: ferry tags its host veths with their owner
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,8 @@ def _parse_link(body: bytes) -> Link:
     return Link(index=index, name=a.get(IFLA_IFNAME, b"").rstrip(b"\0").decode(),
                 mac=_mac(a.get(IFLA_ADDRESS, b"")), mtu=_U32.unpack(a[IFLA_MTU])[0],
                 flags=flags, group=_U32.unpack(a[IFLA_GROUP])[0] if IFLA_GROUP in a else 0,
-                operstate=OPERSTATES[operstate] if operstate < len(OPERSTATES) else "UNKNOWN")
+                operstate=OPERSTATES[operstate] if operstate < len(OPERSTATES) else "UNKNOWN",
+                alias=a.get(IFLA_IFALIAS, b"").rstrip(b"\0").decode(errors="replace"))
 
 
 def ifindex(name: str) -> int | None:
@@ -230,10 +232,13 @@ class Rtnl:
                      + _u32(IFLA_MTU, mtu) + _attr(IFLA_LINKINFO, info),
                      NLM_F_CREATE | NLM_F_EXCL)
 
-    def set_link(self, index: int, up: bool, group: int | None = None) -> None:
+    def set_link(self, index: int, up: bool, group: int | None = None,
+                 alias: str | None = None) -> None:
         body = _IFINFOMSG.pack(0, 0, index, IFF_UP if up else 0, IFF_UP)
         if group is not None:
             body += _u32(IFLA_GROUP, group)
+        if alias is not None:
+            body += _name(IFLA_IFALIAS, alias)
         self.request(RTM_NEWLINK, body)
 
     def del_link(self, index: int) -> None:

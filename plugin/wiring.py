@@ -45,11 +45,13 @@ def host_veth_name(prefix: str, container_id: str, ifname: str,
     """prefix + 11 hex chars of sha1("<namespace>.<pod>"), as the AWS VPC CNI names them.
 
     Without Kubernetes args the container id is hashed instead; a second interface of the same
-    pod (ifname other than eth0) hashes its ifname too so that the names do not collide.
+    pod (ifname other than eth0) hashes its ifname too so that the names do not collide,
+    joined by ":", which is in no pod name, container id or ifname (a "." made pod "a" +
+    ifname "b.c" and pod "a.b" + ifname "c" share a name).
     """
     key = f"{k8s_pod[0]}.{k8s_pod[1]}" if k8s_pod else container_id
     if ifname != "eth0":
-        key += f".{ifname}"
+        key += f":{ifname}"
     return prefix + hashlib.sha1(key.encode()).hexdigest()[:VETH_HASH_CHARS]
 
 
@@ -97,13 +99,19 @@ def _sysctl(path: str, value: str) -> None:
     Path("/proc/sys/net", path).write_text(value)
 
 
-def setup(netns_path: str, ifname: str, host_veth: str, mtu: int, ips: list[IPConfig],
-          routes: list[Route]) -> PodLinks:
-    """Create and address the veth pair, all or nothing.
+def setup(netns_path: str, ifname: str, host_veth: str, owner: str, mtu: int,
+          ips: list[IPConfig], routes: list[Route],
+          replaceable: Callable[[Link], bool] = lambda link: False) -> PodLinks:
+    """Create and address the veth pair, all or nothing; the host end carries `owner` (the
+    attachment's state.owner_tag) in IFLA_IFALIAS, which is how DEL, GC and reconcile tell
+    it from another sandbox's link of the same name.
 
-    If this raises, the pair it created is gone again, and a link it did not create (an
-    interface of the same name already in the container, or on the host) is left untouched:
-    the caller must not tear down by name after a failed setup.
+    A link already holding the name is removed first if it waits for the reaper, or if
+    `replaceable` says it is an older sandbox's of the same pod (kubelet re-creating the
+    sandbox after a runtime restart, with the old one never DELeted); anything else is
+    refused. If this raises, the pair it created is gone again, and a link it did not
+    create (an interface of the same name already in the container, or on the host) is left
+    untouched: the caller must not tear down by name after a failed setup.
     """
     with pod_netns(netns_path) as (pod, pod_fd), Rtnl() as host:
         if pod.link(ifname) is not None:
@@ -111,15 +119,17 @@ def setup(netns_path: str, ifname: str, host_veth: str, mtu: int, ips: list[IPCo
                            "container", netns_path)
         old = host.link(host_veth)
         if old is not None:
-            if old.group != REAP_GROUP:
+            if old.group != REAP_GROUP and not replaceable(old):
                 raise CniError(Code.INTERNAL, f"host interface {host_veth} already exists",
-                               "another attachment uses the same namespace/pod name")
-            # The same pod, DELeted and re-added before the reaper came by: finish its removal.
+                               f"it is not ferry's or not this pod's (alias {old.alias!r})")
+            # The same pod, DELeted and re-added before the reaper came by, or its older
+            # sandbox: the newest sandbox of a pod is the one that gets the name.
             ignore_gone(host.del_link, old.index)
         host.add_veth(host_veth, ifname, pod_fd, mtu)
         host_link = host.link(host_veth)
         assert host_link is not None
         try:
+            host.set_link(host_link.index, up=False, alias=owner)
             return _configure(pod, host, netns_path, ifname, host_link, mtu, ips, routes)
         except BaseException:
             # Deleting one end removes the pair, wherever the peer is.
@@ -214,11 +224,21 @@ def result_routes(ips: list[IPConfig], routes: list[Route]) -> list[Route]:
             for r in _pod_routes(ips, routes)]
 
 
-def teardown(netns_path: str, ifname: str, host_veth: str) -> None:
-    """Remove the pair; each step tolerates what is already gone (DEL is idempotent)."""
+def owned(link: Link, owner: str, untagged_ok: bool) -> bool:
+    """Whether `link` belongs to the attachment `owner`: it carries that tag, or it carries
+    none (made before ferry tagged its links, or an ADD killed before it tagged it) and the
+    caller knows no other attachment claims it."""
+    return link.alias == owner or (not link.alias and untagged_ok)
+
+
+def teardown(netns_path: str, ifname: str, host_veth: str, owner: str,
+             untagged_ok: bool) -> bool:
+    """Remove the attachment's pair; each step tolerates what is already gone (DEL is
+    idempotent). A link of that name owned by another attachment (the pod's newer sandbox)
+    is left alone. True if the host end was ours (removed or handed to the reaper)."""
     with Rtnl() as host:
         link = host.link(host_veth)
-        if link is not None:
+        if link is not None and owned(link, owner, untagged_ok):
             if _reap_later is None:
                 ignore_gone(host.del_link, link.index)
             else:
@@ -226,12 +246,15 @@ def teardown(netns_path: str, ifname: str, host_veth: str) -> None:
                 # the reaper's next batch (the pod's end with it).
                 ignore_gone(host.set_link, link.index, False, REAP_GROUP)
                 _reap_later()
-            return
-    if netns_path:  # no host end (a half-done ADD): the pod's end may still be there
+            return True
+    # No host end of ours (a half-done ADD, or a newer sandbox took the name over): the
+    # pod's end may still be in this attachment's own netns.
+    if netns_path:
         with contextlib.suppress(CniError), pod_netns(netns_path) as (pod, _):
             link = pod.link(ifname)
             if link is not None:
                 ignore_gone(pod.del_link, link.index)
+    return False
 
 
 def ignore_gone(op: Callable[..., None], *args: object) -> None:
@@ -242,7 +265,8 @@ def ignore_gone(op: Callable[..., None], *args: object) -> None:
             raise
 
 
-def check(netns_path: str, ifname: str, host_veth: str, mtu: int, prev: Result) -> None:
+def check(netns_path: str, ifname: str, host_veth: str, owner: str, mtu: int,
+          prev: Result) -> None:
     """Compare the kernel's state with prevResult; raise CHECK_FAILED naming the drift."""
     ips = [ip for ip in prev.ips]
     problems: list[str] = []
@@ -253,6 +277,9 @@ def check(netns_path: str, ifname: str, host_veth: str, mtu: int, prev: Result) 
             raise CniError(Code.CHECK_FAILED, f"interface {ifname} is missing in the container")
         if host_link is None or host_link.group == REAP_GROUP:
             raise CniError(Code.CHECK_FAILED, f"host veth {host_veth} is missing")
+        if not owned(host_link, owner, untagged_ok=True):
+            raise CniError(Code.CHECK_FAILED, f"host veth {host_veth} belongs to another "
+                           f"attachment ({host_link.alias})")
         if link.mtu != mtu:
             problems.append(f"{ifname} mtu {link.mtu} != {mtu}")
         if link.operstate not in ("UP", "UNKNOWN", "LOWERLAYERDOWN") and \

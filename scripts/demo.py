@@ -10,7 +10,7 @@ Namespaces (all with a random suffix, all removed at exit, also on error or Ctrl
   pods   web-1, web-2, db-1: dual stack from 10.20.0.0/24 and fd20::/120
 
 The network uses the eBPF dataplane with a private bpffsRoot (/sys/fs/bpf/ferry-demo-<rand>).
-ferryd (the node agent) compiles and pins the tc programs, the ferry binary relays every
+ferryd (the node agent) loads and pins the tc programs, the ferry binary relays every
 CNI request to it; the demo then shows SNAT as the ext host sees it, the pinned BPF state
 (bpftool, tc, ferryctl, gRPC), a ferryd restart that reuses the pins, and a clean DEL.
 
@@ -276,8 +276,8 @@ def start_agent(d: Demo) -> dict[str, Any]:
               and e.get("pid") == ready["pid"]]
     load: dict[str, Any] = starts[-1]["load"] if starts else {}
     print(f"  ferryd pid {ready['pid']} ready in {took:.2f}s: relay {ready['socket']}")
-    how = "compiled with bcc and pinned" if load.get("compiled") else \
-        "reused from the pins (no compile)"
+    how = (f"loaded by the {load.get('loader', '?')} loader and pinned" if load.get("compiled")
+           else "reused from the pins (nothing loaded)")
     g = load.get
     print(f"    programs {how} ({g('seconds', '?')}s, build {g('hash', '?')}), attached on "
           f"{g('uplink')},\n    SNAT to {g('nodeIP')} / {g('nodeIPv6')} ports {g('snatPorts')}, "

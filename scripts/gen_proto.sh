@@ -9,3 +9,6 @@ for proto in plugin/agent/ferry.proto plugin/datastore/etcd_rpc.proto plugin/clu
     .venv/bin/python -m grpc_tools.protoc -I . --python_out=. --pyi_out=. --grpc_python_out=. \
         "$proto"
 done
+# The tests' slice of the Kubernetes CRI (runtime.v1), imported as top-level modules.
+.venv/bin/python -m grpc_tools.protoc -I tests --python_out=tests --pyi_out=tests \
+    --grpc_python_out=tests tests/cri_api.proto

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-shot node/CI set-up for ferry on Debian 12 (run as root):
 #  - Debian packages: iproute2, iptables, the reference CNI plugins (peers in the tests),
-#    bcc (python3-bpfcc), bpftool, iperf3 and Debian's kernel headers for bcc;
+#    bcc (python3-bpfcc), bpftool, iperf3 and Debian's kernel headers for bcc; clang,
+#    libbpf-dev and linux-libc-dev for the prebuilt BPF objects (build time only);
 #  - /lib/modules/$(uname -r)/{build,source} pointing at those headers, because the running
 #    kernel ships none and bcc refuses to compile without them;
 #  - a venv (with system site-packages, so `import bcc` works) holding ferry and its deps;
@@ -11,8 +12,8 @@ cd "$(dirname "$(readlink -f "$0")")/.."
 
 PKGS=(iproute2 iptables containernetworking-plugins linux-headers-amd64 python3-bpfcc
       bpfcc-tools bpftool iperf3 iputils-ping python3-venv python3-pip util-linux procps kmod
-      podman runc busybox-static ethtool nftables etcd-server etcd-client
-      openssl)
+      podman runc busybox-static ethtool nftables clang libbpf-dev linux-libc-dev containerd
+      etcd-server etcd-client openssl)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -39,6 +40,10 @@ if [[ ! -x .venv/bin/python ]]; then
     /usr/bin/python3 -m venv --system-site-packages .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
+# The prebuilt BPF objects (bpf/*.o) the ELF loader loads, built here and not on the node
+# (stdlib only, so before the venv has ferry): package data of the install below. The wheel
+# build (setup.py) builds them too, for `pip wheel .` outside this script.
+python3 -m loader.objects bpf >/dev/null
 # A regular (non-editable) install, as a user or a wheel gets it: the tests then prove the
 # package, not the checkout (bpf/ must be package data). FERRY_EDITABLE=1 for development.
 if [[ ${FERRY_EDITABLE:-0} == 1 ]]; then

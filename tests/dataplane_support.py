@@ -38,6 +38,7 @@ class DataplaneNode:
     conf: dict[str, Any]
     conf_path: Path
     root: str
+    env: dict[str, str] | None = None  # extra environment of every ferryctl run
 
     @property
     def pin_dir(self) -> str:
@@ -46,7 +47,8 @@ class DataplaneNode:
     def ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(["nsenter", f"--net={self.node.ns.path}", FERRYCTL, *args,
                                "--config", str(self.conf_path)],
-                              capture_output=True, text=True, check=False, timeout=120)
+                              capture_output=True, text=True, check=False, timeout=120,
+                              env={**os.environ, **(self.env or {})})
         if check:
             assert proc.returncode == 0, f"ferryctl {args}: {proc.stdout} {proc.stderr}"
         return proc
@@ -64,16 +66,18 @@ class DataplaneNode:
 
 @contextlib.contextmanager
 def dataplane_node(mode: str = "ebpf", ext_routes_pods: bool = False, load: bool = True,
+                   env: dict[str, str] | None = None,
                    **overrides: Any) -> Iterator[DataplaneNode]:
     """A harness Node whose network uses dataplane `mode`, loaded by `ferryctl load`; the bpffs
-    root is private to the test in every mode (an iptables node must leave no pins either)."""
+    root is private to the test in every mode (an iptables node must leave no pins either).
+    `env`: extra environment of ferryctl (e.g. loader/probes.PRETEND_ENV)."""
     root = f"/sys/fs/bpf/ferry-test-{uid()}"
     with Node.create(ext_routes_pods=ext_routes_pods) as node:
         conf = node.conf(dataplane=mode, nodeIP=node.node_ip4, bpffsRoot=root,
                          uplink="uplink0", **overrides)
         path = node.tmp / "net.conf"
         path.write_text(json.dumps(conf))
-        en = DataplaneNode(mode=mode, node=node, conf=conf, conf_path=path, root=root)
+        en = DataplaneNode(mode=mode, node=node, conf=conf, conf_path=path, root=root, env=env)
         try:
             if load:
                 en.load()

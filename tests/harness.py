@@ -324,9 +324,10 @@ FERRYD = os.environ.get("FERRYD", str(Path(__file__).resolve().parents[1] / ".ve
 class Agent:
     """ferryd running inside a Node's netns with its sockets in the node's temp dir."""
 
-    def __init__(self, node: Node, conf: dict[str, Any]) -> None:
+    def __init__(self, node: Node, conf: dict[str, Any], prefix: tuple[str, ...] = ()) -> None:
         self.node = node
         self.conf = conf
+        self.prefix = prefix  # argv ferryd runs under (e.g. a private mount namespace)
         self.socket = conf["agentSocket"]
         self.grpc_socket = str(node.tmp / "ferryd-grpc.sock")
         self.conflist = node.tmp / "ferry.conflist"
@@ -337,7 +338,8 @@ class Agent:
 
     def start(self) -> Agent:
         self.proc = subprocess.Popen(
-            ["nsenter", f"--net={self.node.ns.path}", FERRYD, "--config", str(self.conflist),
+            [*self.prefix, "nsenter", f"--net={self.node.ns.path}", FERRYD, "--config",
+             str(self.conflist),
              "--grpc-socket", self.grpc_socket, "--metrics", "127.0.0.1:9661"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
@@ -368,8 +370,10 @@ class Agent:
 
     @classmethod
     @contextlib.contextmanager
-    def running(cls, node: Node, **overrides: Any) -> Iterator[Agent]:
-        agent = cls(node, node.conf(agentSocket=str(node.tmp / "ferryd.sock"), **overrides))
+    def running(cls, node: Node, prefix: tuple[str, ...] = (),
+                **overrides: Any) -> Iterator[Agent]:
+        agent = cls(node, node.conf(agentSocket=str(node.tmp / "ferryd.sock"), **overrides),
+                    prefix)
         agent.start()
         try:
             yield agent

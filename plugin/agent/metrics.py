@@ -52,8 +52,23 @@ class PoolCollector(Collector):
         yield free
 
 
+class RecordsCollector(Collector):
+    """Damaged attachment records set aside (quarantined, never acted on), at scrape time."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        from plugin.ctl import records
+
+        yield GaugeMetricFamily("ferry_state_quarantined_records",
+                                "Damaged attachment records quarantined",
+                                value=len(records(self.agent.conf)["quarantined"]))
+
+
 def serve(agent: Agent, host: str, port: int) -> None:
     REGISTRY.register(PoolCollector(agent))
+    REGISTRY.register(RecordsCollector(agent))
     if agent.cluster is not None:
         from plugin.cluster.ops import ClusterCollector
 

@@ -2,11 +2,17 @@
 
 - A record whose ADD never completed and whose writer is dead (ferryd or a standalone
   binary killed mid-ADD) is rolled back: dataplane state, links, IPs, record.
-- A complete record whose host veth is gone belongs to a container that died without a
-  DEL (the veth pair dies with its netns): its IPs and dataplane state are released.
+- A complete record whose host veth is gone, or now belongs to another attachment (the
+  pod's newer sandbox took the name), belongs to a container that died without a DEL (the
+  veth pair dies with its netns): its IPs and dataplane state are released.
 - A complete record whose pod is alive gets its host routes re-applied (its dataplane state
   is re-applied by the dataplane load that follows: plugin.dataplane.resync).
-- A veth with ferry's name pattern that no record of any network names is a leaked link.
+- A host veth tagged as this network's whose owner has no record, not even a damaged one, is
+  a leaked link; so is an untagged one (made before ferry tagged links) with ferry's name
+  pattern that no record of any network or of ferry-egress names. Links tagged by another
+  network or by ferry-egress are theirs.
+- A damaged record is quarantined (plugin.state) and reported, never acted on; a step that
+  fails (a read-only state or IPAM dir) is reported and the others go on: ferryd starts.
 IPs reserved without a ferry record are left alone: the reference host-local may share
 the dataDir, and ferry writes its record before it reserves anything.
 """
@@ -19,13 +25,21 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from plugin import wiring
+from plugin import engine, wiring
 from plugin.config import VETH_HASH_CHARS, NetConf
 from plugin.dataplane import Dataplane
 from plugin.ipam.allocator import Allocator
 from plugin.log import log
-from plugin.rtnl import Rtnl
-from plugin.state import Attachment, StateStore
+from plugin.protocol import CniError
+from plugin.rtnl import Link, Rtnl
+from plugin.state import (
+    EGRESS_DIR,
+    Attachment,
+    StateStore,
+    legacy_name,
+    parse_owner_tag,
+    record_name,
+)
 
 
 @dataclass
@@ -34,6 +48,8 @@ class Report:
     released: list[str] = field(default_factory=list)
     repaired: list[str] = field(default_factory=list)
     leaked_links: list[str] = field(default_factory=list)
+    quarantined: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
 
 
 def _alive(pid: int | None) -> bool:
@@ -50,39 +66,49 @@ def _alive(pid: int | None) -> bool:
 
 def reconcile(conf: NetConf, dataplane: Dataplane) -> Report:
     report = Report()
-    states = StateStore(conf.state_dir, conf.name)
+    states = engine.store(conf)
     for path, pid in states.temp_files():
         if not _alive(pid):
-            path.unlink(missing_ok=True)
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as e:
+                report.failed.append(f"{path.name}: {e}")
     with Rtnl() as host:
-        links = {link.name: link.index for link in host.links()}
+        links = {link.name: link for link in host.links()}
         host_routes = {(r.oif, r.dst) for r in host.routes()}
         for att in states.all():
             key = f"{att.container_id}/{att.ifname}"
-            if not att.complete:
-                if _alive(att.owner_pid):
-                    continue  # an ADD in flight in another process
-                _release(conf, att, states, dataplane)
-                report.rolled_back.append(key)
-            elif att.host_veth not in links:
-                _release(conf, att, states, dataplane)
-                report.released.append(key)
-            elif _repair(host, host_routes, links[att.host_veth], att):
-                report.repaired.append(key)
-        known = _all_host_veths(Path(conf.state_dir))
-        pattern = re.compile(rf"^{re.escape(conf.veth_prefix)}[0-9a-f]{{{VETH_HASH_CHARS}}}$")
-        for name, index in links.items():
-            if pattern.match(name) and name not in known:
-                wiring.ignore_gone(host.del_link, index)
-                report.leaked_links.append(name)
+            link = links.get(att.host_veth)
+            ours = link is not None and wiring.owned(link, engine.owner(states, att), True)
+            try:
+                if not att.complete:
+                    if _alive(att.owner_pid):
+                        continue  # an ADD in flight in another process
+                    _release(conf, att, states, dataplane)
+                    report.rolled_back.append(key)
+                elif not ours:
+                    _release(conf, att, states, dataplane)
+                    report.released.append(key)
+                elif link is not None and _repair(host, host_routes, link.index, att):
+                    report.repaired.append(key)
+            except (OSError, CniError) as e:  # one record must not keep ferryd from serving
+                log.error("reconcile: %s: %s", key, e)
+                report.failed.append(f"{key}: {e}")
+        report.quarantined = [f"{name}: {why}" for name, why in states.quarantined()]
+        claims = states.claims()
+        named = _recorded_veths(Path(conf.state_dir))
+        pattern = re.compile(rf"{re.escape(conf.veth_prefix)}[0-9a-f]{{{VETH_HASH_CHARS}}}")
+        for link in links.values():
+            if _leaked(states.scope, claims, named, pattern, link):
+                wiring.ignore_gone(host.del_link, link.index)
+                report.leaked_links.append(link.name)
     log.info("reconcile done", extra={"report": vars(report)})
     return report
 
 
 def _release(conf: NetConf, att: Attachment, states: StateStore,
              dataplane: Dataplane) -> None:
-    dataplane.detach(conf, att)
-    wiring.teardown(att.netns, att.ifname, att.host_veth)
+    engine.unwire(conf, states, att, att.netns, recorded=True, dataplane=dataplane)
     if conf.ipam.builtin:
         Allocator(conf.ipam, conf.name).release(att.container_id, att.ifname)
     states.remove(att.container_id, att.ifname)
@@ -98,11 +124,36 @@ def _repair(host: Rtnl, host_routes: set[tuple[int | None, str]], index: int,
     return bool(missing)
 
 
-def _all_host_veths(state_root: Path) -> set[str]:
-    """Host veth names recorded by any ferry network sharing this state directory."""
-    names = set()
+def _leaked(scope: str, claims: set[str], named: set[str] | None, pattern: re.Pattern[str],
+            link: Link) -> bool:
+    """Whether link is a host veth of this network that no attachment owns. claims: record
+    file names of this network (quarantine included); named: host veths named by any record
+    of any store (None: some record is damaged, so any untagged link may be claimed)."""
+    tag = parse_owner_tag(link.alias)
+    if tag is not None:
+        tag_scope, cid, ifname = tag
+        return tag_scope == scope and not ({record_name(cid, ifname),
+                                            legacy_name(cid, ifname)} & claims)
+    if link.alias or named is None or not pattern.fullmatch(link.name):
+        return False
+    return link.name not in named
+
+
+def _recorded_veths(state_root: Path) -> set[str] | None:
+    """Host veths named by the records of every ferry network and ferry-egress sharing this
+    state dir; None if any of them holds a damaged record (which might name any)."""
+    scopes: list[str] = []
     if state_root.is_dir():
-        for network in state_root.iterdir():
-            if network.is_dir():
-                names |= {a.host_veth for a in StateStore(str(state_root), network.name).all()}
+        for d in sorted(state_root.iterdir()):
+            if d.name == EGRESS_DIR:
+                scopes += [f"{EGRESS_DIR}/{e.name}" for e in sorted(d.iterdir()) if e.is_dir()]
+            elif d.is_dir():
+                scopes.append(d.name)
+    names: set[str] = set()
+    for scope in scopes:
+        # Other networks' records are theirs: read them, move nothing.
+        s = StateStore(str(state_root), scope, move_damaged=False)
+        if s.quarantined():
+            return None
+        names |= {a.host_veth for a in s.all()}
     return names

@@ -21,9 +21,10 @@ from typing import Any
 from plugin.cluster import node_name
 from plugin.config import NetConf
 from plugin.datastore import Datastore, DatastoreUnavailable, Endpoint, Profile, shared
+from plugin.engine import store
 from plugin.log import log
 from plugin.protocol import Request
-from plugin.state import Attachment, StateStore
+from plugin.state import Attachment
 
 Handler = Callable[[NetConf, Request], "dict[str, Any] | None"]
 
@@ -81,7 +82,7 @@ def reconcile(conf: NetConf, ds: Datastore) -> dict[str, int]:
     """Both ways: endpoints of this node's complete attachments written where missing or
     different, endpoints of attachments that are gone deleted (raises DatastoreUnavailable)."""
     me = node_name(conf)
-    local = {ep.key: (ep, att) for att in StateStore(conf.state_dir, conf.name).all()
+    local = {ep.key: (ep, att) for att in store(conf).all()
              if att.complete for ep in [endpoint_of(conf, att)]}
     remote = {ep.key: ep for ep in ds.endpoints(me) if ep.network == conf.name}
     written = deleted = 0
@@ -119,13 +120,13 @@ def commands(base: dict[str, Handler]) -> dict[str, Handler]:
 
     def add(conf: NetConf, req: Request) -> dict[str, Any] | None:
         assert conf.datastore is not None
-        att = StateStore(conf.state_dir, conf.name).load(req.container_id, req.ifname)
+        att = store(conf).load(req.container_id, req.ifname)
         if att is not None and att.complete:
             existing = _existing(conf, att)
             if existing is not None:
                 return existing
         out = base["ADD"](conf, req)
-        att = StateStore(conf.state_dir, conf.name).load(req.container_id, req.ifname)
+        att = store(conf).load(req.container_id, req.ifname)
         if att is not None:
             _write_soon(conf, endpoint_key(conf, req), att)
         return out

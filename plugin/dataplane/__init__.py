@@ -68,7 +68,7 @@ def resync(dataplane: Dataplane, conf: NetConf) -> int:
     from plugin.state import StateStore
 
     synced = 0
-    for att in StateStore(conf.state_dir, conf.name).all():
+    for att in StateStore(conf.state_dir, conf.name, conf.veth_prefix).all():
         if not att.complete:
             continue
         try:

@@ -1,11 +1,15 @@
 """The eBPF dataplane: tc programs from bpf/snat.c and bpf/redirect.c, pinned per network.
 
-Node level (`load_node`, run once by `ferryctl load` or the node agent): compile or reopen the
-pins, write the SNAT config and exclusion CIDRs, attach ferry_snat_eg / ferry_snat_in on the
-uplink's clsact, and re-sync every recorded attachment into the (possibly new) maps.
+Node level (`load_node`, run once by `ferryctl load` or the node agent): load (prebuilt ELF
+objects, or bcc: the network's `loader`) or reopen the pins, write the SNAT config and
+exclusion CIDRs, attach ferry_snat_eg / ferry_snat_in on the uplink's clsact, and re-sync
+every recorded attachment into the (possibly new) maps.
 Pod level (`Ebpf.attach`, the CNI ADD): map updates only, plus for a pod with a pod ENI one
 filter on its host veth (what it sends) and one on its ENI (what it receives). The ADD path
 opens pins with raw bpf(2): it never imports bcc and never compiles.
+Kernel features are probed at load (loader/probes.py); where pod-ENI redirection's helpers
+are missing the ENI programs are not loaded (ferry_meta records it) and pod ENIs get the
+iptables dataplane's policy routing instead, while SNAT stays in eBPF.
 
 SNAT covers IPv4 and IPv6 (one map set per family, see _Family); pod-ENI redirection is IPv4
 only: a pod ENI pod's IPv6 traffic is routed through the node and SNATed like any pod's.
@@ -15,19 +19,16 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import importlib.util
 import ipaddress
-import platform
 import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from pyroute2 import IPRoute
 
-from loader import pins
+from loader import pins, probes
 from loader.layouts import (
     EP_F_POD_ENI,
     Endpoint,
@@ -58,7 +59,6 @@ from plugin.protocol import CniError, Code
 from plugin.rtnl import ifindex
 from plugin.state import Attachment, StateStore
 
-MIN_KERNEL = (5, 11)  # bpf_redirect_neigh with a next hop, bpf_redirect_peer
 PROTOS = {socket.IPPROTO_TCP: "tcp", socket.IPPROTO_UDP: "udp", socket.IPPROTO_ICMP: "icmp",
           socket.IPPROTO_ICMPV6: "icmp6"}
 EXCLUDED_BY_CONFIG, EXCLUDED_POD_CIDR = 1, 2
@@ -104,24 +104,40 @@ def pin_dir(conf: NetConf) -> str:
 
 
 def probe(conf: NetConf, need_pins: bool = True) -> tuple[bool, str]:
-    """Can this node run the eBPF dataplane for `conf` right now? (ok, why). Cheap: no bcc
-    import, a few stat calls and one map read."""
-    release = platform.release()
-    try:
-        kernel = tuple(int(x) for x in release.split("-")[0].split(".")[:2])
-    except ValueError:
-        kernel = (0, 0)
-    if kernel < MIN_KERNEL:
-        return False, f"kernel {release} is older than {'.'.join(map(str, MIN_KERNEL))}"
+    """Can this node run the eBPF dataplane for `conf` right now? (ok, why).
+    need_pins (the CNI ADD): the network's complete pins are the answer (their load checked
+    the rest), a few stat calls and one map read. Otherwise (a load is coming): bpffs, the
+    kernel's features (probed) and a loader that can run (loader/pins.choose_loader)."""
+    if need_pins:
+        rec = pins.pinned_meta(pin_dir(conf))
+        if rec is None:
+            return False, f"no loaded programs under {pin_dir(conf)} (run `ferryctl load`)"
+        return True, f"{pins.pinned_loader(pin_dir(conf))} build pinned under {pin_dir(conf)}"
     if not pins.is_bpffs("/sys/fs/bpf"):
         return False, "bpffs is not mounted at /sys/fs/bpf"
-    if importlib.util.find_spec("bcc") is None:
-        return False, "bcc (python3-bpfcc) is not importable"
-    if not any(Path(f"/lib/modules/{release}/{d}/include").is_dir() for d in ("build", "source")):
-        return False, f"no kernel headers under /lib/modules/{release}/build"
-    if need_pins and pins.pinned_hash(pin_dir(conf)) is None:
-        return False, f"no loaded programs under {pin_dir(conf)} (run `ferryctl load`)"
-    return True, f"kernel {release}, bpffs, bcc, headers and pins under {pin_dir(conf)} ok"
+    feats = probes.probe()
+    if not feats.has(probes.CLSACT):
+        return False, "the kernel has no clsact qdisc"
+    try:
+        loader, why = pins.choose_loader(conf.loader)
+    except pins.LoaderUnavailable as e:
+        return False, str(e)
+    return True, f"loader {loader} ({why}){_missing_text(feats)}"
+
+
+def _missing_text(feats: probes.Features) -> str:
+    names = feats.missing_names()
+    return f"; kernel lacks {', '.join(names)}" if names else ""
+
+
+def eni_by_routing(missing: int) -> str:
+    """'' when the pinned build redirects pod ENIs in eBPF, else why policy routing does."""
+    feats = probes.Features(missing)
+    if not feats.skipped_programs():
+        return ""
+    lacking = [probes.NAMES[b] for b in (probes.REDIRECT_PEER, probes.REDIRECT_NEIGH)
+               if not feats.has(b)]
+    return f"the kernel lacks {', '.join(lacking)}: pod ENIs use policy routing"
 
 
 class Ebpf:
@@ -145,7 +161,8 @@ class Ebpf:
 
     def attach(self, conf: NetConf, att: Attachment) -> None:
         d = pin_dir(conf)
-        if pins.pinned_hash(d) is None:
+        rec = pins.pinned_meta(d)
+        if rec is None:
             raise CniError(Code.TRY_AGAIN_LATER,
                            f"the eBPF dataplane of network {conf.name} is not loaded",
                            f"no complete pins under {d}: run `ferryctl load --config "
@@ -161,7 +178,11 @@ class Ebpf:
                 with open_map(d, fam.endpoints) as eps:
                     for ip in fam.addrs(att.ips):
                         eps.put(fam.key(fam.raw(ip)), Endpoint(ifindex=host_idx, flags=flags))
-            if att.pod_eni:
+            if att.pod_eni and eni_by_routing(rec.missing):
+                from plugin.dataplane.iptables import attach_eni_routing
+
+                attach_eni_routing(conf, att)
+            elif att.pod_eni:
                 with IPRoute() as ipr:
                     self._attach_eni(d, att, ipr, host_idx, v4)
         except BaseException:
@@ -204,14 +225,26 @@ class Ebpf:
             _purge_nat(d, att.ips)
         if not att.pod_eni:
             return  # the pod's filters are the ENI ones; the endpoint entry is all there is
+        from plugin.dataplane.iptables import detach_eni_routing
+
+        detach_eni_routing(conf, att)  # attached so when the kernel lacked the helpers
         with IPRoute() as ipr:
             host_idx = ifindex(att.host_veth)
             if host_idx is not None:
                 tc.detach(ipr, host_idx, "ingress")
             eni_idx = ifindex(att.pod_eni["device"])
-            if eni_idx is not None:
+            if eni_idx is not None and not _eni_shared(conf, att):
                 tc.detach(ipr, eni_idx, "ingress")
                 tc.drop_clsact_if_empty(ipr, eni_idx)
+
+
+def _eni_shared(conf: NetConf, att: Attachment) -> bool:
+    """Whether another attachment uses att's pod ENI (the pod's newer sandbox, which took
+    the pod over before att's DEL): its filter on the ENI then stays."""
+    assert att.pod_eni is not None
+    return any(o.pod_eni and o.pod_eni["device"] == att.pod_eni["device"]
+               and (o.container_id, o.ifname) != (att.container_id, att.ifname)
+               for o in StateStore(conf.state_dir, conf.name, conf.veth_prefix).all())
 
 
 def resolve_uplink(conf: NetConf, ipr: IPRoute) -> tuple[str, int, ipaddress.IPv4Address]:
@@ -268,7 +301,12 @@ def load_node(conf: NetConf, cflags: tuple[str, ...] = ()) -> dict[str, Any]:
         # Resolve first: a node with nothing to SNAT to must not cost a compile and pins.
         uplink, idx, node_ip = resolve_uplink(conf, ipr)
         node_ip6 = resolve_node_ip6(conf, ipr, idx)
-        res = pins.load(conf.bpffs_root, conf.name, cflags=cflags)
+        try:
+            res = pins.load(conf.bpffs_root, conf.name, cflags=cflags, loader=conf.loader)
+        except pins.LoaderUnavailable as e:
+            raise CniError(Code.INTERNAL, f"cannot load the eBPF dataplane: {e}",
+                           "install the prebuilt objects (loader elf) or bcc with kernel "
+                           "headers (loader bcc), or use dataplane iptables") from None
         low, high = conf.snat_ports
         with open_map(res.dir, "ferry_nat_cfg") as cfg:
             cfg.put(ctypes.c_uint32(0), NatConfig(
@@ -284,9 +322,13 @@ def load_node(conf: NetConf, cflags: tuple[str, ...] = ()) -> dict[str, Any]:
                "seconds": round(res.seconds, 4), "hash": res.hash[:16], "uplink": uplink,
                "nodeIP": str(node_ip), "nodeIPv6": str(node_ip6 or ""),
                "snatPorts": f"{low}-{high}", "progIds": res.prog_ids,
-               "synced": synced}
-    log.info("ebpf dataplane %s", "compiled and pinned" if res.compiled else
-             "reused from pins (no compile)", extra=summary)
+               "loader": res.loader, "loaderWhy": res.why,
+               "missingFeatures": probes.Features(res.missing).missing_names(),
+               "podENI": eni_by_routing(res.missing) or "ebpf", "synced": synced}
+    log.info("ebpf dataplane %s by the %s loader (%s)%s",
+             "loaded and pinned" if res.compiled else "reused from pins (nothing loaded)",
+             res.loader, res.why, f"; {eni_by_routing(res.missing)}"
+             if eni_by_routing(res.missing) else "", extra=summary)
     return summary
 
 
@@ -333,10 +375,13 @@ def inspect(conf: NetConf) -> dict[str, Any]:
     d = pin_dir(conf)
     out: dict[str, Any] = {"network": conf.name, "pins": d, "loaded": False,
                            "pods": [], "nat": [], "redirects": [], "filters": {}}
-    digest = pins.pinned_hash(d)
-    if digest is None:
+    rec = pins.pinned_meta(d)
+    if rec is None:
         return out
-    out["loaded"], out["hash"] = True, digest[:16]
+    out["loaded"], out["hash"] = True, bytes(rec.hash).hex()[:16]
+    out["loader"] = pins.pinned_loader(d)
+    out["features"] = probes.Features(rec.missing).describe()
+    out["podENIMode"] = eni_by_routing(rec.missing) or "ebpf"
     out["progIds"] = pins.prog_ids(d)
     out["programs"] = [{"name": name, "id": prog_id, "pin": pins.prog_path(d, name)}
                        for name, prog_id in out["progIds"].items()]
@@ -358,6 +403,12 @@ def inspect(conf: NetConf) -> dict[str, Any]:
                 "eni": _ifname(r.eni_ifindex),
                 "gateway": ip4_str(r.gateway) if r.gateway else "",
                 "hostMAC": mac_str(raw["host_mac"]), "podMAC": mac_str(raw["pod_mac"])})  # type: ignore[arg-type]
+    if out["podENIMode"] != "ebpf":
+        from plugin.dataplane.iptables import eni_routing_rows
+
+        for att in StateStore(conf.state_dir, conf.name).all():
+            if att.pod_eni:
+                out["redirects"] += eni_routing_rows(att)
     with IPRoute() as ipr, contextlib.suppress(CniError):
         uplink, idx, node_ip = resolve_uplink(conf, ipr)
         out["uplink"], out["nodeIP"] = uplink, str(node_ip)

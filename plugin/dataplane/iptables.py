@@ -280,7 +280,7 @@ class Iptables:
     def unload(self, conf: NetConf) -> dict[str, Any]:
         removed: list[str] = []
         for att in StateStore(conf.state_dir, conf.name).all():
-            if att.pod_eni and _detach_eni(conf, att):
+            if att.pod_eni and detach_eni_routing(conf, att):
                 removed.append(f"pod ENI {att.pod_eni['device']} of {att.container_id}")
         record = _record_path(conf)
         created = json.loads(record.read_text())["createdTables"] if record.exists() else []
@@ -344,7 +344,7 @@ class Iptables:
             out["nodeIPv6"] = str(addrs.ip6 or "")
         for att in {id(a): a for a in records.values()}.values():
             if att.pod_eni:
-                out["redirects"] += _redirect_rows(att)
+                out["redirects"] += eni_routing_rows(att)
         return out
 
     def attach(self, conf: NetConf, att: Attachment) -> None:
@@ -361,7 +361,7 @@ class Iptables:
                     backend.restore(version, lines + _pod_lines(conf, att, version, ips,
                                                                 addrs, table))
             if att.pod_eni:
-                _attach_eni(conf, att)
+                attach_eni_routing(conf, att)
         except BaseException:
             self.detach(conf, att)  # the engine undoes only attaches that returned
             raise
@@ -370,7 +370,7 @@ class Iptables:
         """Remove the pod's jump(s) and chain in both families and back ends, and its policy
         routing; whatever is already gone is skipped."""
         if att.pod_eni:
-            _detach_eni(conf, att)
+            detach_eni_routing(conf, att)
         chain = chain_name(conf.name, att.container_id, att.ifname)
         with _locked(conf):
             for backend in (Backend(n) for n in BACKENDS if Backend(n).available()):
@@ -510,7 +510,7 @@ def _eni_rules(conf: NetConf, att: Attachment, ip: str, table: int) -> list[dict
     return rules
 
 
-def _attach_eni(conf: NetConf, att: Attachment) -> None:
+def attach_eni_routing(conf: NetConf, att: Attachment) -> None:
     assert att.pod_eni is not None
     gateway = att.pod_eni.get("gateway")
     with IPRoute() as ipr:
@@ -530,7 +530,7 @@ def _attach_eni(conf: NetConf, att: Attachment) -> None:
         _rule(ipr, "add", priority=PRIO_IIF, iifname=att.pod_eni["device"], table=table)
 
 
-def _detach_eni(conf: NetConf, att: Attachment) -> bool:
+def detach_eni_routing(conf: NetConf, att: Attachment) -> bool:
     """Remove the pod's rules and /32; the ENI's own rule and default route go with its last
     pod. True if anything was removed."""
     assert att.pod_eni is not None
@@ -572,7 +572,7 @@ def _rule(ipr: IPRoute, cmd: str, **kw: Any) -> bool:
     return True
 
 
-def _redirect_rows(att: Attachment) -> list[dict[str, Any]]:
+def eni_routing_rows(att: Attachment) -> list[dict[str, Any]]:
     assert att.pod_eni is not None
     return [{"ip": ip, "hostVeth": att.host_veth, "eni": att.pod_eni["device"],
              "gateway": att.pod_eni.get("gateway") or "", "hostMAC": "", "podMAC": "",

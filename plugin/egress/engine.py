@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from plugin import ipam, wiring
@@ -27,15 +26,16 @@ from plugin.egress.config import EgressConf, EgressSwitch
 from plugin.engine import (
     deprovision,
     dispatch,
-    host_veth,
+    find,
     new_attachment,
+    owner,
     provision,
     unwind,
     valid_attachments,
 )
 from plugin.log import log
 from plugin.protocol import LATEST_VERSION, CniError, Code, Request, Result
-from plugin.state import Attachment, StateStore
+from plugin.state import EGRESS_DIR, StateStore
 
 
 def run(req: Request) -> dict[str, Any] | None:
@@ -54,7 +54,7 @@ def run(req: Request) -> dict[str, Any] | None:
 
 
 def states(conf: EgressConf) -> StateStore:
-    return StateStore(str(Path(conf.state_dir) / ".egress"), conf.name)
+    return StateStore(conf.state_dir, f"{EGRESS_DIR}/{conf.name}", conf.veth_prefix)
 
 
 def egress_request(conf: EgressConf, req: Request) -> Request:
@@ -99,10 +99,8 @@ def delete(conf: EgressConf, req: Request) -> None:
     """By the record (netns, veth, IPs), so a DEL with the netns gone still finds it all."""
     ereq = egress_request(conf, req)
     store = states(conf)
-    att = store.load(ereq.container_id, ereq.ifname) or Attachment(
-        container_id=ereq.container_id, ifname=ereq.ifname, netns=ereq.netns,
-        host_veth=host_veth(conf, ereq))
-    deprovision(conf, ereq, att, store)
+    att, recorded = find(conf, ereq, store)
+    deprovision(conf, ereq, att, store, recorded)
     return None
 
 
@@ -115,12 +113,13 @@ def check(conf: EgressConf, req: Request) -> None:
     ereq = egress_request(conf, req)
     if not any(i.name == ereq.ifname and i.sandbox for i in prev.interfaces):
         raise CniError(Code.CHECK_FAILED, f"prevResult has no egress interface {ereq.ifname}")
-    att = states(conf).load(ereq.container_id, ereq.ifname)
+    store = states(conf)
+    att = store.load(ereq.container_id, ereq.ifname)
     if att is None or not att.complete or att.result is None:
         raise CniError(Code.UNKNOWN_CONTAINER, "ferry-egress has no attachment for this "
                        "container", f"{ereq.container_id}/{ereq.ifname}")
     own = Result.from_dict(att.result)
-    wiring.check(ereq.netns, ereq.ifname, att.host_veth, conf.mtu, own)
+    wiring.check(ereq.netns, ereq.ifname, att.host_veth, owner(store, att), conf.mtu, own)
     ipam.check(conf, ereq, [ip.address.ip for ip in own.ips])
     return None
 
@@ -141,7 +140,8 @@ def gc(conf: EgressConf, req: Request) -> None:
             log.info("egress gc: removing stale attachment",
                      extra={"container": att.container_id, "ifname": att.ifname})
             deprovision(conf, Request(command="DEL", container_id=att.container_id,
-                                      ifname=att.ifname, netns=att.netns), att, store)
+                                      ifname=att.ifname, netns=att.netns), att, store,
+                        recorded=True)
     from plugin.ipam.allocator import Allocator
 
     Allocator(conf.ipam, conf.name).gc({(cid, conf.egress_ifname) for cid in valid_ids})

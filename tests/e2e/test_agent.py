@@ -125,9 +125,9 @@ def test_sigkill_during_add_burst_then_reconcile(node: Node) -> None:
         state = node.tmp / "state" / node.network
         records = {r.name: json.loads(r.read_text()) for r in state.iterdir()}
         assert all(rec["complete"] for rec in records.values()), records
-        kept = {p.container_id for p in failed if f"{p.container_id}.eth0.json" in records}
+        kept = {p.container_id for p in failed if f"{p.container_id}:eth0.json" in records}
         assert kept <= {p.container_id for p in failed[1::2]}, "a DELed pod came back"
-        assert set(records) == {f"{cid}.eth0.json" for cid in
+        assert set(records) == {f"{cid}:eth0.json" for cid in
                                 kept | {p.container_id for p in ok}}
         held = {f.name for f in (node.tmp / "ipam" / node.network).iterdir()
                 if f.name[0].isdigit() or ":" in f.name}

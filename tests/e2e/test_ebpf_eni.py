@@ -22,10 +22,18 @@ from dataplane_support import (
 )
 from harness import ping
 
+from loader.probes import PRETEND_ENV
 
-@pytest.fixture(params=MODES)
+# eBPF on a kernel without bpf_redirect_peer: SNAT in eBPF, pod ENIs by policy routing. Such a
+# kernel cannot run here; the probe is told to report the helper missing (PRETEND_ENV).
+ROUTED_ENI = "ebpf-routed-eni"
+
+
+@pytest.fixture(params=[*MODES, ROUTED_ENI])
 def en(request: pytest.FixtureRequest) -> Iterator[DataplaneNode]:
-    with dataplane_node(request.param) as n:
+    routed = request.param == ROUTED_ENI
+    env = {PRETEND_ENV: "redirect_peer"} if routed else None
+    with dataplane_node("ebpf" if routed else request.param, env=env) as n:
         node = n.node
         add_eni(node)
         yield n
@@ -89,3 +97,20 @@ def test_pod_eni_by_cni_args_and_missing_device(en: DataplaneNode) -> None:
     err = node.cni("ADD", bad, {**en.conf, "runtimeConfig": {"podENI": {"device": "eni9"}}})
     assert "eni9" in err.error(7)["msg"]
     assert en.inspect()["pods"] == []
+
+
+@pytest.mark.parametrize("en", [ROUTED_ENI], indirect=True)
+def test_missing_redirect_helper_routes_pod_enis_and_says_why(en: DataplaneNode) -> None:
+    node = en.node
+    loaded = en.load()  # the pins are reused; the summary still says how pod ENIs go
+    assert "bpf_redirect_peer" in loaded["podENI"] and "policy routing" in loaded["podENI"]
+    info = en.inspect()
+    assert info["features"]["bpf_redirect_peer"] is False
+    assert info["podENIMode"] == loaded["podENI"]
+    assert set(info["progIds"]) == {"ferry_snat_eg", "ferry_snat_in"}  # SNAT stays eBPF
+    pod = en.add_pod("routed", runtimeConfig={"podENI": {"device": "eni1", "gateway": ENI_GW}})
+    pod_ip = pod.ips(4)[0]
+    assert "ferry" not in tc_show(node.ns, "eni1", "ingress")
+    assert f"from {pod_ip} lookup" in node.ns.ip("rule", "show")
+    en.node.cni("DEL", pod, en.conf).ok()
+    assert f"from {pod_ip} " not in node.ns.ip("rule", "show")

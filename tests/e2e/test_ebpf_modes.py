@@ -50,7 +50,7 @@ def test_second_load_reuses_pins_and_a_new_flag_recompiles() -> None:
         first = json.loads(en.ctl("inspect", "--json").stdout)
         again = en.load()
         assert again["compiled"] is False and again["progIds"] == first["progIds"]
-        assert "reused from pins (no compile)" in _log(en.node)
+        assert "reused from pins (nothing loaded) by the elf loader" in _log(en.node)
         flagged = en.load("-DFERRY_E2E_VARIANT=1")
         assert flagged["compiled"] is True
         assert set(flagged["progIds"].values()).isdisjoint(first["progIds"].values())
@@ -68,6 +68,7 @@ def test_inspect_table_and_unload() -> None:
         assert "pods (2):" in text and pod.ips(4)[0] in text and "uplink0" in text
         assert pod.ips(6)[0] in text and "nodeIPv6 fd99::1" in text
         assert "ferry_snat_eg" in text
+        assert "loader elf  kernel lacks nothing  pod ENIs: ebpf" in text
         out = json.loads(en.ctl("unload", "--json").stdout)
         assert out["removedPins"] is True and not os.path.exists(en.pin_dir)
         assert "ferry" not in en.node.ns.run("tc", "filter", "show", "dev", "uplink0",

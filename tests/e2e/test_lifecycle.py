@@ -53,7 +53,7 @@ def ips_of(node: Node, pod: Pod) -> set[str]:
 
 
 def state_file(node: Node, pod: Pod) -> Path:
-    return node.tmp / "state" / node.network / f"{pod.container_id}.{pod.ifname}.json"
+    return node.tmp / "state" / node.network / f"{pod.container_id}:{pod.ifname}.json"
 
 
 def host_routes_to(node: Node, pod: Pod) -> str:

@@ -4,7 +4,8 @@ site-packages for Debian's bcc, as scripts/setup.sh makes it), used with no chec
 From that venv: `ferryctl load`, `inspect --json` and `unload` of an ebpf network in a scratch
 node namespace (programs pinned and attached, BTF on the maps, nothing left after unload), and
 a pod added through the CNI launchers deploy/install.sh writes for that venv, whose traffic to
-ext leaves SNATed by the programs the wheel's own BPF sources compiled to.
+ext leaves SNATed by the programs of the wheel's own prebuilt BPF objects (the wheel build
+compiles them with clang; without clang it ships none and auto falls back to bcc).
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ from loader.layouts import MAPS, PROGRAMS
 
 REPO = Path(__file__).resolve().parents[2]
 BPF_FILES = {"bpf/__init__.py", "bpf/common.h", "bpf/snat.c", "bpf/redirect.c"}
+OBJECTS = {"bpf/snat.o", "bpf/redirect.o"}
+COPY_IGNORE = shutil.ignore_patterns(".git", ".venv", ".cni-bin", "build", "*.egg-info",
+                                     "__pycache__")
 
 
 def run(*argv: str | Path, **kw: object) -> subprocess.CompletedProcess[str]:
@@ -39,12 +43,14 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A venv holding ferry from a wheel of this tree, and a CNI bin dir of its launchers."""
     tmp = tmp_path_factory.mktemp("wheel")
     build = tmp / "src"  # a copy: the build writes build/ and *.egg-info where it runs
-    shutil.copytree(REPO, build, ignore=shutil.ignore_patterns(
-        ".git", ".venv", ".cni-bin", "build", "*.egg-info", "__pycache__"))
+    shutil.copytree(REPO, build, ignore=COPY_IGNORE)
+    for obj in OBJECTS:  # the wheel build makes its own
+        (build / obj).unlink(missing_ok=True)
     run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", tmp / "dist", build)
     [wheel] = (tmp / "dist").glob("ferry_cni-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert names >= BPF_FILES, f"BPF sources missing from the wheel: {BPF_FILES - names}"
+    assert names >= OBJECTS, f"prebuilt objects missing from the wheel: {OBJECTS - names}"
     venv = tmp / "venv"
     run("/usr/bin/python3", "-m", "venv", "--system-site-packages", venv)
     run(venv / "bin/python", "-m", "pip", "install", "-q", wheel)
@@ -69,7 +75,8 @@ def test_wheel_install_loads_inspects_and_unloads_ebpf(installed: Path) -> None:
             return json.loads(out.stdout)
 
         loaded = ctl("load")
-        assert loaded["compiled"] is True
+        assert loaded["compiled"] is True and loaded["loader"] == "elf"
+        assert f"{installed}/venv/lib/" in loaded["loaderWhy"]  # the wheel's own objects
         for prog in PROGRAMS:
             shown = json.loads(run("bpftool", "-j", "prog", "show", "pinned",
                                    f"{dp.pin_dir}/progs/{prog}").stdout)
@@ -103,3 +110,13 @@ def test_wheel_install_loads_inspects_and_unloads_ebpf(installed: Path) -> None:
                                              "egress")
         assert "ferry" not in dp.node.ns.run("tc", "filter", "show", "dev", "uplink0",
                                              "ingress")
+
+
+def test_wheel_without_clang_ships_no_objects(tmp_path: Path) -> None:
+    build = tmp_path / "src"
+    shutil.copytree(REPO, build, ignore=COPY_IGNORE)  # bpf/*.o of the tree included
+    run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", tmp_path / "dist", build,
+        env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "FERRY_CLANG": "/nonexistent/clang"})
+    [wheel] = (tmp_path / "dist").glob("ferry_cni-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert names >= BPF_FILES and not names & OBJECTS

@@ -19,8 +19,9 @@ def test_header_matches_ctypes() -> None:
     assert f"sizeof(struct nat_tuple4) == {ctypes.sizeof(NatTuple4)}" in header
 
 
-def test_cni_path_never_imports_bcc() -> None:
+def test_cni_path_never_imports_bcc_or_the_elf_loader() -> None:
     code = ("import sys, plugin.engine, plugin.dataplane.ebpf, plugin.dataplane;"
             "assert 'bcc' not in sys.modules, 'bcc imported';"
-            "assert 'loader.bcc_backend' not in sys.modules")
+            "assert 'loader.bcc_backend' not in sys.modules;"
+            "assert 'elftools' not in sys.modules and 'loader.elf' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
