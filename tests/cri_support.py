@@ -101,9 +101,14 @@ def cni_bin_dir(dest: Path) -> Path:
     """ferry's binaries with the reference plugins the runtime also needs (loopback) or that
     a chain uses, in one dir: containerd and libcni take a single plugin dir here."""
     dest.mkdir(parents=True, exist_ok=True)
-    for src in (*Path(REFERENCE_PLUGINS).iterdir(), *Path(CNI_PATH).glob("ferry*")):
+    for src in Path(REFERENCE_PLUGINS).iterdir():
         (dest / src.name).unlink(missing_ok=True)
         (dest / src.name).symlink_to(src)
+    # ferry's launchers copied, not linked: `ctr run --cni` binds this dir over /opt/cni/bin,
+    # where a link to /opt/cni/bin/ferry would then point at itself.
+    for src in Path(CNI_PATH).glob("ferry*"):
+        (dest / src.name).unlink(missing_ok=True)
+        shutil.copy2(src.resolve(), dest / src.name)
     return dest
 
 
