@@ -20,6 +20,7 @@ from pydantic import (
     model_validator,
 )
 
+from plugin.cluster.config import CLUSTER_IPAM, ClusterConfig, DatastoreConfig
 from plugin.protocol import MAX_NETWORK_NAME, Address, CniError, Code, Network, Result
 
 DEFAULT_DATA_DIR = "/var/lib/cni/networks"
@@ -195,6 +196,17 @@ class NetConf(_Model):
     prev_result: dict[str, Any] | None = Field(None, alias="prevResult")
     runtime_config: dict[str, Any] = Field({}, alias="runtimeConfig")
     args: dict[str, Any] = {}
+    # Cluster mode (plugin/cluster/): both or neither, with ipam.type ferry-cluster.
+    datastore: DatastoreConfig | None = None
+    cluster: ClusterConfig | None = None
+
+    @model_validator(mode="after")
+    def _cluster_mode(self) -> NetConf:
+        if (self.datastore is None) != (self.cluster is None) or \
+                (self.datastore is None) == (self.ipam.type == CLUSTER_IPAM):
+            raise ValueError(f"cluster mode needs datastore, cluster and ipam.type "
+                             f"{CLUSTER_IPAM} together")
+        return self
 
     @property
     def requested_ips(self) -> list[Address]:
@@ -212,7 +224,8 @@ class NetConf(_Model):
     def pod_cidrs(self) -> list[Network]:
         """The pods' own ranges, which the dataplanes exempt from SNAT (pod-to-pod traffic keeps
         pod IPs). ferry-egress overrides it: its range is the very one to SNAT."""
-        return [r.subnet for rs in self.ipam.ranges for r in rs]
+        pools = [p.cidr for p in self.cluster.pools] if self.cluster else []
+        return [r.subnet for rs in self.ipam.ranges for r in rs] + pools
 
     @property
     def snat_ports(self) -> tuple[int, int]:

@@ -6,6 +6,10 @@
   ferryctl gc      --config FILE [--idle 300]     expire idle NAT entries
   ferryctl records --config FILE [--json]         attachment records, and the damaged ones
                                                   quarantined (never acted on) with why
+  ferryctl nodes   --config FILE [--json]         cluster mode: nodes, IPs, blocks, lease age
+  ferryctl endpoints --config FILE [--json]       cluster mode: workload endpoints, all nodes
+  ferryctl node remove NAME --config FILE         cluster mode: release a dead node's blocks
+                                                  and endpoints
 
 FILE is the network's .conf or .conflist (its first ferry* entry: `ferry`, or `ferry-egress`
 after another main plugin). Run it in the node's network namespace: the uplink and the pods'
@@ -70,8 +74,20 @@ def main(argv: list[str] | None = None) -> int:
         if name == "gc":
             p.add_argument("--idle", type=float, default=300.0,
                            help="expire NAT flows idle this many seconds")
+    from plugin.cluster import ops as cluster_ops
+
+    cluster_ops.add_parsers(sub)
     args = ap.parse_args(argv)
     from plugin import log as logging_setup  # after argparse: `ferryctl -h` stays cheap
+
+    if args.cmd in cluster_ops.COMMANDS:
+        try:
+            conf = read_config(args.config)
+        except CniError as e:
+            print(f"ferryctl {args.cmd}: {e}", file=sys.stderr)
+            return 1
+        logging_setup.setup(conf.log)
+        return cluster_ops.main(args, conf)
     from plugin.dataplane import select
 
     try:

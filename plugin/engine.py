@@ -29,6 +29,10 @@ VALID_ATTACHMENTS = "cni.dev/valid-attachments"
 def run(req: Request) -> dict[str, Any] | None:
     """Execute one validated request; the returned dict (if any) is printed as the result."""
     conf: NetConf = parse(NetConf, req.config)
+    if conf.datastore is not None:  # cluster mode: workload endpoints around ADD and DEL
+        from plugin.cluster.endpoints import commands
+
+        return dispatch(commands(_COMMANDS), conf, req)
     return dispatch(_COMMANDS, conf, req)
 
 

@@ -243,6 +243,8 @@ class StateStore:
             return []
         out = []
         for p in sorted(self.dir.glob(f"*{SUFFIX}")):
+            if p.name.startswith(_TMP):  # a save in flight (pathlib's glob matches dotfiles):
+                continue                 # not damaged, and temp_files() is its reader
             att = self._read(p)
             if att is not None:
                 out.append(att)

@@ -12,7 +12,8 @@ cd "$(dirname "$(readlink -f "$0")")/.."
 
 PKGS=(iproute2 iptables containernetworking-plugins linux-headers-amd64 python3-bpfcc
       bpfcc-tools bpftool iperf3 iputils-ping python3-venv python3-pip util-linux procps kmod
-      podman runc busybox-static ethtool nftables clang libbpf-dev linux-libc-dev containerd)
+      podman runc busybox-static ethtool nftables clang libbpf-dev linux-libc-dev containerd
+      etcd-server etcd-client openssl)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

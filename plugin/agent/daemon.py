@@ -269,6 +269,7 @@ class Agent:
         self.dataplane = select(conf, loading=True)
         self._stop = threading.Event()
         self._inspect_lock = threading.Lock()
+        self.cluster: Any = None  # plugin.cluster.agent.ClusterAgent in cluster mode
 
     def handle(self, env: dict[str, str], stdin: bytes) -> tuple[int, bytes]:
         """One relayed CNI request, answered exactly as the standalone binary would."""
@@ -317,6 +318,11 @@ class Agent:
         log.info("ferryd starting", extra={"network": self.conf.name, "version": VERSION,
                                            "dataplane": self.dataplane.name,
                                            "reconcile": vars(report), "load": loaded})
+        if self.conf.datastore is not None:
+            from plugin.cluster.agent import ClusterAgent
+
+            self.cluster = ClusterAgent(self.conf)
+            self.cluster.start()
         relay_server = RelayServer(self.args.socket, self, self.args.workers)
         relay_server.start()
         from plugin.agent.service import start_grpc
@@ -333,6 +339,8 @@ class Agent:
         self._stop.wait()
         log.info("ferryd stopping")
         relay_server.stop()
+        if self.cluster is not None:
+            self.cluster.stop()
         grpc_server.stop(grace=5).wait()
         reaper.stop()
         with contextlib.suppress(FileNotFoundError):

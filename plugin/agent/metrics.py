@@ -73,4 +73,8 @@ class RecordsCollector(Collector):
 def serve(agent: Agent, host: str, port: int) -> None:
     REGISTRY.register(PoolCollector(agent))
     REGISTRY.register(RecordsCollector(agent))
+    if agent.cluster is not None:
+        from plugin.cluster.ops import ClusterCollector
+
+        REGISTRY.register(ClusterCollector(agent.cluster))  # type: ignore[arg-type]
     start_http_server(port, addr=host, registry=REGISTRY)

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from plugin.cluster import CLUSTER_IPAM
 from plugin.protocol import Address, CniError, Code, Request, Result
 
 if TYPE_CHECKING:
@@ -34,6 +35,12 @@ def requested_ips(conf: NetConf, req: Request) -> list[Address]:
     return conf.requested_ips + extra
 
 
+def local(conf: NetConf) -> bool:
+    """IPAM kept in the host-local store on this node: host-local, or ferry-cluster (whose
+    blocks come from the datastore, but whose reservations are the same files)."""
+    return conf.ipam.builtin or conf.ipam.type == CLUSTER_IPAM
+
+
 def add(conf: NetConf, req: Request) -> Result:
     return reserve(conf, req)[0]
 
@@ -41,6 +48,12 @@ def add(conf: NetConf, req: Request) -> Result:
 def reserve(conf: NetConf, req: Request) -> tuple[Result, Callable[[], None]]:
     """ADD's IPAM step and its inverse, for the caller's undo stack: the built-in store is
     put back as it was (pointers, new directories); a delegated plugin gets its DEL."""
+    if conf.ipam.type == CLUSTER_IPAM:
+        from plugin.cluster.ipam import BlockAllocator
+
+        result = BlockAllocator(conf).allocate(req.container_id, req.ifname,
+                                               requested_ips(conf, req))
+        return result, lambda: release(conf, req)
     if conf.ipam.builtin:
         allocator = _allocator(conf)
         result, undo = allocator.reserve(req.container_id, req.ifname,
@@ -56,14 +69,14 @@ def reserve(conf: NetConf, req: Request) -> tuple[Result, Callable[[], None]]:
 
 
 def release(conf: NetConf, req: Request) -> None:
-    if conf.ipam.builtin:
+    if local(conf):
         _allocator(conf).release(req.container_id, req.ifname)
     else:
         _delegate(conf, req, "DEL")
 
 
 def check(conf: NetConf, req: Request, ips: list[Address]) -> None:
-    if not conf.ipam.builtin:
+    if not local(conf):
         _delegate(conf, req, "CHECK")
         return
     held = set(_allocator(conf).held(req.container_id, req.ifname))

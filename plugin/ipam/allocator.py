@@ -10,7 +10,7 @@ address for IPv4).
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -181,15 +181,7 @@ class Allocator:
 
     def gc(self, valid: set[tuple[str, str]]) -> list[Address]:
         """Release every reservation of this network not held by a valid attachment."""
-        valid_ids = {cid for cid, _ in valid}
-        freed = []
-        with self.store.locked(create=False) as store:
-            for ip, (cid, ifname) in store.reservations().items():
-                keep = (cid, ifname) in valid if ifname else cid in valid_ids
-                if not keep and self._mine(ip):
-                    store.release(ip)
-                    freed.append(ip)
-        return freed
+        return release_invalid(self.store, valid, self._mine)
 
     def _mine(self, ip: Address) -> bool:
         return any(ip in s for spans in self.range_sets for s in spans)
@@ -203,6 +195,21 @@ class Allocator:
                 if not any(ip not in taken for _, ip in candidates(spans, None)):
                     full.append(", ".join(str(s.subnet) for s in spans))
         return full
+
+
+def release_invalid(store: Store, valid: set[tuple[str, str]],
+                    mine: Callable[[Address], bool]) -> list[Address]:
+    """GC: release the reservations of `mine` IPs that no valid attachment holds (an old
+    id-only file is kept while its container is valid)."""
+    valid_ids = {cid for cid, _ in valid}
+    freed = []
+    with store.locked(create=False) as locked:
+        for ip, (cid, ifname) in locked.reservations().items():
+            keep = (cid, ifname) in valid if ifname else cid in valid_ids
+            if not keep and mine(ip):
+                locked.release(ip)
+                freed.append(ip)
+    return freed
 
 
 def read_resolv_conf(path: str | None) -> dict[str, object]:
