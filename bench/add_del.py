@@ -62,7 +62,8 @@ from pathlib import Path
 from typing import Any
 
 CNI_VERSION = "1.0.0"
-CNI_BIN = Path("/opt/cni/bin")
+# FERRY_CNI_PATH as in the tests (where scripts/setup.sh put the binaries: FERRY_CNI_BIN).
+CNI_BIN = Path(os.environ.get("FERRY_CNI_PATH", "/opt/cni/bin"))
 REFERENCE_DIR = Path("/usr/lib/cni")
 NETNS_DIR = Path("/run/netns")
 TIMEOUT_S = 60
@@ -226,22 +227,23 @@ class FerryWithAgent(FerryStandalone):
         return super().unavailable()
 
     def agent_socket(self, node: Node) -> Path:
-        return node.work / "ferryd.sock"
+        return node.work / f"ferryd-{self.key}.sock"  # per mode: bench/cluster.py runs two
 
     def start(self, node: Node, dual: bool) -> None:
         super().start(node, dual)
         plugin = self.netconf(node, dual)
-        conflist = node.work / "ferryd.conflist"
+        conflist = node.work / f"ferryd-{self.key}.conflist"
         conflist.write_text(json.dumps({
             "cniVersion": CNI_VERSION, "name": self.network,
             "plugins": [{k: v for k, v in plugin.items() if k not in ("cniVersion", "name")}]}))
         env = {**os.environ, **({"PYTHONPATH": self.ferry_src} if self.ferry_src else {})}
-        out, err = node.work / "ferryd.out", node.work / "ferryd.err"
+        out, err = node.work / f"ferryd-{self.key}.out", node.work / f"ferryd-{self.key}.err"
         with out.open("wb") as stdout, err.open("wb") as stderr:
             self.proc = subprocess.Popen(
                 ["nsenter", f"--net={NETNS_DIR / node.name}", str(self.ferryd()),
                  "--config", str(conflist), "--socket", str(self.agent_socket(node)),
-                 "--grpc-socket", str(node.work / "ferryd-grpc.sock"), "--metrics", "off",
+                 "--grpc-socket", str(node.work / f"ferryd-{self.key}-grpc.sock"),
+                 "--metrics", "off",
                  "--workers", "8"], stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
                 env=env)
         deadline = time.monotonic() + TIMEOUT_S
@@ -606,6 +608,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def stop_all(prog: str, started: list[Mode], node: Node) -> None:
+    """Stop the modes in reverse, whatever fails, then remove the node."""
+    for mode in reversed(started):
+        try:
+            mode.stop(node)
+        except Exception as e:  # keep cleaning up
+            print(f"{prog}: stopping {mode.label}: {e}", file=sys.stderr)
+    node.cleanup()
+
+
+def failed(prog: str, e: BenchError, node: Node) -> int:
+    """Say what failed, with the last lines of ferry's logs; the exit status."""
+    print(f"\n{prog}: FAILED: {e}", file=sys.stderr)
+    for log in [*sorted(node.work.glob("ferry*.log")), *node.work.glob("ferryd*.err")]:
+        tail = log.read_text().splitlines()[-5:] if log.exists() else []
+        if tail:
+            print(f"{log.name} (last lines):\n  " + "\n  ".join(tail), file=sys.stderr)
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if os.geteuid() != 0:
@@ -656,22 +678,12 @@ def main(argv: list[str] | None = None) -> int:
                   f"{args.memory_pods} pods attached {memory[1] / 1024:.1f} MiB")
         return 0
     except BenchError as e:
-        print(f"\nadd_del.py: FAILED: {e}", file=sys.stderr)
-        for log in [*sorted(node.work.glob("ferry*.log")), node.work / "ferryd.err"]:
-            tail = log.read_text().splitlines()[-5:] if log.exists() else []
-            if tail:
-                print(f"{log.name} (last lines):\n  " + "\n  ".join(tail), file=sys.stderr)
-        return 1
+        return failed("add_del.py", e, node)
     except KeyboardInterrupt:
         print("\nadd_del.py: interrupted, cleaning up", file=sys.stderr)
         return 130
     finally:
-        for mode in reversed(started):
-            try:
-                mode.stop(node)
-            except Exception as e:  # keep cleaning up
-                print(f"add_del.py: stopping {mode.label}: {e}", file=sys.stderr)
-        node.cleanup()
+        stop_all("add_del.py", started, node)
 
 
 if __name__ == "__main__":

@@ -26,22 +26,56 @@ def respond(env: "dict[str, str]", stdin: bytes, handler: "Handler") -> "tuple[i
     and by ferryd, so both answer every request, good or bad, the same way."""
     import json
 
-    from plugin.protocol import CniError, Code, parse_request, reply_version, version_info
+    from plugin.protocol import CniError, parse_request, reply_version, version_info
 
     # The config's version when ferry speaks it, also for errors found while validating.
     version = reply_version(stdin)
     try:
         req = parse_request(env, stdin)
+        if req.nothing_to_delete:
+            return 0, b""
         out = version_info() if req.command == "VERSION" else handler(req)
         return 0, (json.dumps(out, indent=2) + "\n").encode() if out is not None else b""
     except CniError as e:
         err = e
     except Exception as e:  # a bug or an unexpected kernel answer: still a CNI error
-        from plugin.log import log
-
-        log.exception("unexpected failure")
-        err = CniError(Code.INTERNAL, f"internal error: {type(e).__name__}", str(e))
+        err = unexpected(e, stdin)
     return 1, (json.dumps(err.to_dict(version), indent=2) + "\n").encode()
+
+
+def unexpected(e: BaseException, stdin: bytes = b"") -> "Any":
+    """The CNI error for an exception nobody expected, its traceback in the log file (never
+    on stderr). A file system call that failed (a full disk, a read-only store, a path
+    through a regular file) is the node's I/O failing: code 5, not an internal error."""
+    import errno
+
+    from plugin.log import log_unexpected
+    from plugin.protocol import CniError, Code
+    from plugin.rtnl import NetlinkError
+
+    log_unexpected(e, "unexpected failure", stdin)
+    if isinstance(e, OSError) and not isinstance(e, NetlinkError) and (
+            e.filename is not None or e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS,
+                                                  errno.EIO)):
+        return CniError(Code.IO_FAILURE, f"I/O failure: {e.strerror}", str(e))
+    return CniError(Code.INTERNAL, f"internal error: {type(e).__name__}",
+                    f"{type(e).__name__}: {e}")
+
+
+def _crash(e: BaseException, stdin: bytes) -> None:
+    """Last resort of the binaries: whatever escaped becomes a CNI error, never a traceback."""
+    try:
+        import json
+
+        _enable_site_packages()  # the log (pydantic) is needed even on the relay path
+        from plugin.protocol import reply_version
+
+        err = unexpected(e, stdin).to_dict(reply_version(stdin))
+        out = (json.dumps(err, indent=2) + "\n").encode()
+    except BaseException:  # even the error path failed: the fixed text needs nothing
+        out = (b'{"cniVersion": "1.1.0", "code": 100, "msg": "internal error", '
+               b'"details": "' + type(e).__name__.encode() + b'"}\n')
+    _finish(1, out)
 
 
 def _read_stdin() -> bytes:
@@ -56,8 +90,15 @@ def _finish(code: int, out: bytes) -> None:
 
 def serve(handler: "Handler") -> None:
     """Standalone execution of one request by `handler` (the IPAM binary, fallbacks)."""
-    _enable_site_packages()
-    _finish(*respond(_environ(), _read_stdin(), handler))
+    stdin = b""
+    try:
+        stdin = _read_stdin()
+        _enable_site_packages()
+        reply = respond(_environ(), stdin, handler)
+    except Exception as e:
+        _crash(e, stdin)
+        return
+    _finish(*reply)
 
 
 def _environ() -> "dict[str, str]":
@@ -82,19 +123,27 @@ def _engine(req: "Any") -> "dict[str, Any] | None":
 
 
 def main() -> None:
-    stdin = _read_stdin()
+    stdin = b""
+    try:
+        stdin = _read_stdin()
+        reply = _relay_or_run(stdin)
+    except Exception as e:
+        _crash(e, stdin)
+        return
+    _finish(*reply)
+
+
+def _relay_or_run(stdin: bytes) -> "tuple[int, bytes]":
     command = posix.environ.get(b"CNI_COMMAND", b"")
     if command not in (b"", b"VERSION") and not posix.environ.get(STANDALONE_ENV):
         try:
             reply = relay.call(relay.socket_path(stdin), posix.environ, stdin)
         except relay.AgentGone as e:
-            _finish(1, relay.try_again_error(str(e)))
-            return
+            return 1, relay.try_again_error(str(e))
         if reply is not None:
-            _finish(*reply)
-            return
+            return reply
     _enable_site_packages()
-    _finish(*respond(_environ(), stdin, _engine))
+    return respond(_environ(), stdin, _engine)
 
 
 if __name__ == "__main__":

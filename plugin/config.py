@@ -8,16 +8,56 @@ rejected with code 7 and the path of the field in the message.
 from __future__ import annotations
 
 import ipaddress
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from plugin.protocol import Address, CniError, Code, Network, Result
+from plugin.cluster.config import CLUSTER_IPAM, ClusterConfig, DatastoreConfig
+from plugin.protocol import MAX_NETWORK_NAME, Address, CniError, Code, Network, Result
 
 DEFAULT_DATA_DIR = "/var/lib/cni/networks"
 DEFAULT_STATE_DIR = "/var/lib/ferry"
 DEFAULT_LOG_FILE = "/var/log/ferry/ferry.log"
 VETH_HASH_CHARS = 11  # as the AWS VPC CNI: prefix + 11 hex chars of sha1, <= 15 chars in all
+MAX_NAME, MAX_PATH = 255, 3800  # NAME_MAX; PATH_MAX less room for <network>/<file>
+MAX_UNIX_PATH = 107  # sun_path holds 108 bytes with the terminating NUL
+# A network name as protocol.validate_name checks a request's (ferryd's own config too: the
+# name becomes a directory under stateDir and dataDir).
+NAME_PATTERN = r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$"
+
+
+def plugin_type(value: str) -> str:
+    """A plugin type is a bare name looked up in CNI_PATH, never a path: "/x/prog" or
+    "../../x/prog" would run any binary as root (the class of CVE-2021-20206)."""
+    if not value or "/" in value or "\\" in value or "\0" in value or ".." in value:
+        raise ValueError(f"{value!r} is not a plugin name (no path separators, no '..')")
+    return value
+
+
+def absolute_path(value: str) -> str:
+    """Relative paths resolve against each process's working directory: ferryd and the
+    runtime's exec of the binary would use two different stores for one network."""
+    if "\0" in value:
+        raise ValueError("contains a NUL character")
+    if not value.startswith("/"):
+        raise ValueError(f"{value!r} is not an absolute path")
+    if len(value.encode("utf-8", "surrogateescape")) > MAX_PATH or any(
+            len(part.encode("utf-8", "surrogateescape")) > MAX_NAME for part in value.split("/")):
+        raise ValueError(f"longer than a path can be ({MAX_NAME} bytes a name, "
+                         f"{MAX_PATH} in all)")
+    return value
+
+
+PluginType = Annotated[str, AfterValidator(plugin_type)]
+AbsolutePath = Annotated[str, AfterValidator(absolute_path)]
 
 
 class _Model(BaseModel):
@@ -61,7 +101,7 @@ class DNSConf(_Model):
 
 
 class IPAMConfig(_Model):
-    type: str
+    type: PluginType
     ranges: list[list[IPRange]] = []
     # The older single-range form of host-local.
     subnet: Network | None = None
@@ -69,8 +109,15 @@ class IPAMConfig(_Model):
     range_end: Address | None = Field(None, alias="rangeEnd")
     gateway: Address | None = None
     routes: list[RouteConf] = []
-    data_dir: str = Field(DEFAULT_DATA_DIR, alias="dataDir")
+    data_dir: AbsolutePath = Field(DEFAULT_DATA_DIR, alias="dataDir")
     resolv_conf: str | None = Field(None, alias="resolvConf")
+
+    @field_validator("resolv_conf")
+    @classmethod
+    def _no_nul(cls, v: str | None) -> str | None:
+        if v is not None and "\0" in v:
+            raise ValueError("contains a NUL character")
+        return v
 
     @model_validator(mode="after")
     def _range_sets(self) -> IPAMConfig:
@@ -105,6 +152,13 @@ class LogConfig(_Model):
     max_bytes: int = Field(10 * 1024 * 1024, alias="maxBytes", ge=4096)
     backups: int = Field(3, ge=0, le=20)
 
+    @field_validator("file")
+    @classmethod
+    def _file(cls, v: str) -> str:
+        if not v or "\0" in v:
+            raise ValueError("must be a file name without NUL characters")
+        return v
+
 
 class NatTimeouts(_Model):
     """Idle timeouts of NAT flows in seconds, applied by ferryd's expiry (and `ferryctl gc`).
@@ -125,7 +179,7 @@ class IPAMArgs(_Model):
 
 class NetConf(_Model):
     cni_version: str = Field(alias="cniVersion")
-    name: str
+    name: str = Field(pattern=NAME_PATTERN, max_length=MAX_NETWORK_NAME)
     type: str = "ferry"
     ipam: IPAMConfig
     mtu: int = Field(1500, ge=576, le=65535)
@@ -155,7 +209,7 @@ class NetConf(_Model):
     uplink: str | None = None  # default: the device holding nodeIP, else the default route's
     veth_prefix: str = Field("fry", alias="vethPrefix", min_length=1,
                              max_length=15 - VETH_HASH_CHARS, pattern=r"^[a-zA-Z][a-zA-Z0-9]*$")
-    state_dir: str = Field(DEFAULT_STATE_DIR, alias="stateDir")
+    state_dir: AbsolutePath = Field(DEFAULT_STATE_DIR, alias="stateDir")
     # Where ferryd listens for relayed requests (plugin.relay reads it without pydantic).
     agent_socket: str = Field("/run/ferry/ferryd.sock", alias="agentSocket")
     log: LogConfig = LogConfig()
@@ -163,6 +217,17 @@ class NetConf(_Model):
     prev_result: dict[str, Any] | None = Field(None, alias="prevResult")
     runtime_config: dict[str, Any] = Field({}, alias="runtimeConfig")
     args: dict[str, Any] = {}
+    # Cluster mode (plugin/cluster/): both or neither, with ipam.type ferry-cluster.
+    datastore: DatastoreConfig | None = None
+    cluster: ClusterConfig | None = None
+
+    @model_validator(mode="after")
+    def _cluster_mode(self) -> NetConf:
+        if (self.datastore is None) != (self.cluster is None) or \
+                (self.datastore is None) == (self.ipam.type == CLUSTER_IPAM):
+            raise ValueError(f"cluster mode needs datastore, cluster and ipam.type "
+                             f"{CLUSTER_IPAM} together")
+        return self
 
     @property
     def requested_ips(self) -> list[Address]:
@@ -180,7 +245,8 @@ class NetConf(_Model):
     def pod_cidrs(self) -> list[Network]:
         """The pods' own ranges, which the dataplanes exempt from SNAT (pod-to-pod traffic keeps
         pod IPs). ferry-egress overrides it: its range is the very one to SNAT."""
-        return [r.subnet for rs in self.ipam.ranges for r in rs]
+        pools = [p.cidr for p in self.cluster.pools] if self.cluster else []
+        return [r.subnet for rs in self.ipam.ranges for r in rs] + pools
 
     @property
     def snat_ports(self) -> tuple[int, int]:
@@ -193,6 +259,14 @@ class NetConf(_Model):
         low, high = (int(p) for p in v.split("-"))
         if not 1024 <= low <= high <= 65535:
             raise ValueError(f"{v}: want LOW-HIGH with 1024 <= LOW <= HIGH <= 65535")
+        return v
+
+    @field_validator("agent_socket")
+    @classmethod
+    def _agent_socket(cls, v: str) -> str:
+        absolute_path(v)
+        if len(v.encode("utf-8", "surrogateescape")) > MAX_UNIX_PATH:
+            raise ValueError(f"longer than a unix socket path ({MAX_UNIX_PATH} bytes)")
         return v
 
 
@@ -242,11 +316,15 @@ def load_file(path: str, plugin_type: str | None = None) -> tuple[NetConf, dict[
 
     try:
         data = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         raise CniError(Code.INVALID_CONFIG, f"cannot read network config {path}", str(e)) from None
-    if "plugins" in data:
-        entry = next((p for p in data["plugins"] if p.get("type") == plugin_type or
-                      (plugin_type is None and str(p.get("type", "")).startswith("ferry"))), None)
+    plugins = data.get("plugins") if isinstance(data, dict) else None
+    if not isinstance(data, dict) or (plugins is not None and not isinstance(plugins, list)):
+        raise CniError(Code.INVALID_CONFIG, f"{path} is not a network config or list")
+    if plugins is not None:
+        entry = next((p for p in plugins if isinstance(p, dict) and (
+            p.get("type") == plugin_type or
+            (plugin_type is None and str(p.get("type", "")).startswith("ferry")))), None)
         if entry is None:
             raise CniError(Code.INVALID_CONFIG,
                            f"{path} has no plugin of type {plugin_type or 'ferry*'}")

@@ -6,6 +6,10 @@
   ferryctl gc      --config FILE [--idle SECONDS] expire idle NAT entries (natTimeouts)
   ferryctl records --config FILE [--json]         attachment records, and the damaged ones
                                                   quarantined (never acted on) with why
+  ferryctl nodes   --config FILE [--json]         cluster mode: nodes, IPs, blocks, lease age
+  ferryctl endpoints --config FILE [--json]       cluster mode: workload endpoints, all nodes
+  ferryctl node remove NAME --config FILE         cluster mode: release a dead node's blocks
+                                                  and endpoints
 
 FILE is the network's .conf or .conflist (its first ferry* entry: `ferry`, or `ferry-egress`
 after another main plugin). Run it in the node's network namespace: the uplink and the pods'
@@ -92,8 +96,20 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--idle", type=float, default=None,
                            help="expire every NAT flow idle this many seconds (default: "
                            "the config's natTimeouts)")
+    from plugin.cluster import ops as cluster_ops
+
+    cluster_ops.add_parsers(sub)
     args = ap.parse_args(argv)
     from plugin import log as logging_setup  # after argparse: `ferryctl -h` stays cheap
+
+    if args.cmd in cluster_ops.COMMANDS:
+        try:
+            conf = read_config(args.config)
+        except CniError as e:
+            print(f"ferryctl {args.cmd}: {e}", file=sys.stderr)
+            return 1
+        logging_setup.setup(conf.log)
+        return cluster_ops.main(args, conf)
     from plugin.dataplane import select
 
     try:
@@ -115,6 +131,10 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
     except CniError as e:
         print(f"ferryctl {args.cmd}: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:  # one line here, the traceback in the log file
+        logging_setup.log_unexpected(e, f"ferryctl {args.cmd} failed")
+        print(f"ferryctl {args.cmd}: internal error: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps(out, indent=2))

@@ -18,6 +18,7 @@ from plugin import log as logging_setup
 from plugin.config import NetConf, parse, pod_eni
 from plugin.dataplane import Dataplane, select
 from plugin.log import log
+from plugin.paths import missing_dirs, remove_empty
 from plugin.protocol import CniError, Code, IPConfig, Request, Result
 from plugin.rtnl import Link, Rtnl
 from plugin.state import Attachment, StateStore, owner_tag, parse_owner_tag
@@ -28,6 +29,10 @@ VALID_ATTACHMENTS = "cni.dev/valid-attachments"
 def run(req: Request) -> dict[str, Any] | None:
     """Execute one validated request; the returned dict (if any) is printed as the result."""
     conf: NetConf = parse(NetConf, req.config)
+    if conf.datastore is not None:  # cluster mode: workload endpoints around ADD and DEL
+        from plugin.cluster.endpoints import commands
+
+        return dispatch(commands(_COMMANDS), conf, req)
     return dispatch(_COMMANDS, conf, req)
 
 
@@ -105,10 +110,12 @@ def provision(conf: NetConf, req: Request, att: Attachment, states: StateStore,
     """Record, IP, veth pair and dataplane state of one attachment, each step pushing its
     inverse on `undo` (the caller unwinds on failure). Shared by ferry's ADD and ferry-egress's
     (which passes its own req.ifname, the egress interface)."""
+    new_dirs = missing_dirs(states.dir)
+    undo.append(lambda: remove_empty(new_dirs))  # last undone: after the record went
     states.save(att)
     undo.append(lambda: states.remove(att.container_id, att.ifname))
-    allocated = ipam.add(conf, req)
-    undo.append(lambda: ipam.release(conf, req))
+    allocated, release = ipam.reserve(conf, req)
+    undo.append(release)
     ips = [IPConfig(ip.address, ip.gateway, interface=1) for ip in allocated.ips]
     if not ips:
         raise CniError(Code.INVALID_CONFIG, "IPAM returned no IP addresses")

@@ -33,6 +33,13 @@ _MIN_VERSION = {"CHECK": "0.4.0", "GC": "1.1.0", "STATUS": "1.1.0"}
 
 _NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*\Z")  # \Z: "$" would accept "x\n"
 MAX_IFNAME = 15
+# Container ids and network names become file names (<stateDir>/<network>/<id>.<ifname>.json,
+# <dataDir>/<network>/): a file name holds 255 bytes, so longer ones could never be stored.
+# An ADD of one is refused; a DEL of one succeeds, as nothing can exist under it.
+MAX_CONTAINER_ID = 200
+MAX_NETWORK_NAME = 200
+# A network config is a few KiB; a bound keeps one request from taking the agent's memory.
+MAX_CONFIG_BYTES = 1 << 20
 
 
 class Code(IntEnum):
@@ -95,7 +102,19 @@ def validate_name(name: Any, what: str, code: int) -> None:
     if not isinstance(name, str) or not name:
         raise CniError(code, f"missing {what}")
     if not _NAME_RE.match(name):
-        raise CniError(code, f"invalid characters in {what}", name)
+        raise CniError(code, f"invalid characters in {what}", repr(name))
+
+
+def _too_long(req: Request) -> CniError | None:
+    """The error for a network name or container id too long to be stored, if any."""
+    checks = [(req.config["name"], "network name", Code.INVALID_CONFIG, MAX_NETWORK_NAME)]
+    if req.command in ("ADD", "DEL", "CHECK"):
+        checks.append((req.container_id, "containerID", Code.INVALID_ENV, MAX_CONTAINER_ID))
+    for name, what, code, limit in checks:
+        if len(name) > limit:
+            return CniError(code, f"{what} is too long",
+                            f"{len(name)} characters, at most {limit}")
+    return None
 
 
 def validate_ifname(name: str) -> None:
@@ -131,6 +150,9 @@ class Request:
     args: dict[str, str] = field(default_factory=dict)
     path: list[str] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
+    # A DEL naming what no ADD could have stored (an over-long id or network name): it
+    # succeeds without looking, as a DEL of anything unknown does.
+    nothing_to_delete: bool = False
 
     @property
     def cni_version(self) -> str:
@@ -171,6 +193,11 @@ def parse_request(env: Mapping[str, str], stdin: bytes) -> Request:
     if command in ("ADD", "DEL", "CHECK"):
         validate_name(req.container_id, "containerID", Code.INVALID_ENV)
         validate_ifname(req.ifname)
+    too_long = _too_long(req)
+    if too_long is not None:
+        if command != "DEL":
+            raise too_long
+        req.nothing_to_delete = True
     req.args = parse_cni_args(env.get("CNI_ARGS", ""))
     version = req.config.get("cniVersion")
     if version is not None and not isinstance(version, str):
@@ -182,14 +209,18 @@ def parse_request(env: Mapping[str, str], stdin: bytes) -> Request:
 
 
 def _decode(stdin: bytes, require_object: bool) -> Any:
+    if len(stdin) > MAX_CONFIG_BYTES:
+        raise CniError(Code.DECODE_FAILURE, "network config is too large",
+                       f"{len(stdin)} bytes, at most {MAX_CONFIG_BYTES}")
     if not stdin.strip():
         if require_object:
             raise CniError(Code.DECODE_FAILURE, "no network config on stdin")
         return None
     try:
         data = json.loads(stdin)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise CniError(Code.DECODE_FAILURE, "error decoding network config", str(e)) from None
+    except (ValueError, RecursionError) as e:  # RecursionError: JSON nested too deep
+        raise CniError(Code.DECODE_FAILURE, "error decoding network config",
+                       f"{type(e).__name__}: {e}") from None
     if not isinstance(data, dict):
         raise CniError(Code.DECODE_FAILURE, "network config is not a JSON object")
     return data
@@ -198,11 +229,14 @@ def _decode(stdin: bytes, require_object: bool) -> Any:
 def reply_version(stdin: bytes) -> str:
     """The cniVersion an error carries: the config's (as the spec asks) when this plugin speaks
     it, else the latest; also for errors found before the request is fully validated."""
+    if len(stdin) > MAX_CONFIG_BYTES:
+        return LATEST_VERSION
     try:
         version = json.loads(stdin).get("cniVersion")
-    except (ValueError, UnicodeDecodeError, AttributeError):
+    except (ValueError, RecursionError, AttributeError):
         return LATEST_VERSION
-    return version if version in SUPPORTED_VERSIONS else LATEST_VERSION
+    return version if isinstance(version, str) and version in SUPPORTED_VERSIONS \
+        else LATEST_VERSION
 
 
 def version_info() -> dict[str, Any]:

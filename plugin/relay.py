@@ -11,10 +11,26 @@ import _socket
 import posix
 
 DEFAULT_SOCKET = "/run/ferry/ferryd.sock"
-REPLY_TIMEOUT_S = float(posix.environ.get(b"FERRY_RELAY_TIMEOUT", b"60"))
+DEFAULT_TIMEOUT_S = 60.0
 ENV_PREFIX = b"CNI_"
 SOCKET_KEY = b'"agentSocket"'
-_NO_AGENT = (FileNotFoundError, ConnectionRefusedError)
+# A request frame holds the CNI_* variables and the config (protocol.MAX_CONFIG_BYTES): ferryd
+# refuses larger ones before buffering them, and the binary runs those itself (to refuse them).
+MAX_REQUEST_BYTES = 2 << 20
+MAX_REPLY_BYTES = 16 << 20
+
+
+def _timeout() -> float:
+    """FERRY_RELAY_TIMEOUT in seconds; anything but a positive number means the default."""
+    raw = posix.environ.get(b"FERRY_RELAY_TIMEOUT", b"")
+    try:
+        value = float(raw)
+    except ValueError:
+        return DEFAULT_TIMEOUT_S
+    return value if 0 < value < 1e9 else DEFAULT_TIMEOUT_S
+
+
+REPLY_TIMEOUT_S = _timeout()
 
 
 class AgentGone(Exception):
@@ -28,8 +44,11 @@ def encode_request(env: "dict[bytes, bytes]", stdin: bytes) -> bytes:
 
 
 def decode_request(payload: bytes) -> "tuple[dict[str, str], bytes]":
+    """surrogateescape, as os.environ decodes: a variable that is not UTF-8 reaches the
+    validation as the standalone binary sees it, and gets the same answer."""
     head, _, stdin = payload.partition(b"\0\0")
-    env = dict(item.split("=", 1) for item in head.decode().split("\0") if "=" in item)
+    env = dict(item.split("=", 1) for item in head.decode("utf-8", "surrogateescape")
+               .split("\0") if "=" in item)
     return env, stdin
 
 
@@ -41,8 +60,10 @@ def _frame(payload: bytes) -> bytes:
     return len(payload).to_bytes(4, "big") + payload
 
 
-def read_frame(sock: "_socket.socket") -> bytes:
+def read_frame(sock: "_socket.socket", limit: int = MAX_REPLY_BYTES) -> bytes:
     size = int.from_bytes(_read_exact(sock, 4), "big")
+    if size > limit:
+        raise AgentGone(f"frame of {size} bytes, more than {limit}")
     return _read_exact(sock, size)
 
 
@@ -72,29 +93,44 @@ def socket_path(stdin: bytes) -> str:
         if rest[:1] == b'"':
             value, quote, _ = rest[1:].partition(b'"')
             if quote and b"\\" not in value:
-                return value.decode() or DEFAULT_SOCKET
+                # surrogateescape: bytes that are not UTF-8 reach connect() as they are
+                return value.decode("utf-8", "surrogateescape") or DEFAULT_SOCKET
     import json
 
     try:
         return str(json.loads(stdin).get("agentSocket") or DEFAULT_SOCKET)
-    except (ValueError, AttributeError):
+    except (ValueError, RecursionError, AttributeError):
         return DEFAULT_SOCKET
 
 
-def call(path: str, env: "dict[bytes, bytes]", stdin: bytes) -> "tuple[int, bytes] | None":
-    """(exit code, stdout) from ferryd, or None when no agent listens on `path`."""
+def call(path: str, env: "dict[bytes, bytes]",
+         stdin: bytes) -> "tuple[int, bytes] | None":
+    """(exit code, stdout) from ferryd, or None when no agent listens on `path`.
+
+    Any path that cannot be connected to (missing, refused, too long for a unix socket, under
+    a regular file, with a NUL) means no agent: the request runs standalone, where the config's
+    validation names what is wrong with agentSocket. A request too large for ferryd runs
+    standalone too, which refuses it as ferryd would."""
+    frame = encode_request(env, stdin)
+    if len(frame) - 4 > MAX_REQUEST_BYTES:
+        return None
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         try:
             sock.connect(path)
-        except _NO_AGENT:
+        except (OSError, ValueError):  # ValueError: a NUL; UnicodeError is one too
             return None
         sock.settimeout(REPLY_TIMEOUT_S)
-        sock.sendall(encode_request(env, stdin))
+        try:  # noqa: SIM105 (contextlib is not a builtin module)
+            sock.sendall(frame)
+        except OSError:
+            pass  # ferryd may have answered and closed early (a refusal): read it below
         try:
             reply = read_frame(sock)
         except (TimeoutError, OSError) as e:
             raise AgentGone(f"{type(e).__name__}: {e}") from None
+        if not reply:
+            raise AgentGone("empty reply")
         return reply[0], reply[1:]
     finally:
         sock.close()

@@ -133,7 +133,7 @@ class StateStore:
         """The record at path; None if absent; a damaged one is quarantined, also None."""
         try:
             raw = path.read_bytes()
-        except (FileNotFoundError, IsADirectoryError):
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return None
         try:
             return decode(raw, path.name, self.veth_prefix)
@@ -151,23 +151,34 @@ class StateStore:
 
     def save(self, att: Attachment) -> None:
         """Atomic write (tmp + rename) so a reader never sees half a record."""
-        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         path = self._path(att.container_id, att.ifname)
         tmp = self.dir / f"{_TMP}{os.getpid()}.{path.name}"
         # A shallow dict: the values are JSON already (asdict deep-copies them).
-        tmp.write_text(json.dumps({f.name: getattr(att, f.name) for f in fields(att)}))
-        tmp.replace(path)
+        text = json.dumps({f.name: getattr(att, f.name) for f in fields(att)})
+        for retry in (True, False):
+            self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            try:
+                tmp.write_text(text)
+                tmp.replace(path)
+                break
+            except FileNotFoundError:
+                # A rolled-back first ADD removed the (then empty) directory just now.
+                if not retry:
+                    raise
+            except BaseException:
+                tmp.unlink(missing_ok=True)  # a full disk: no half record left behind
+                raise
         self._drop_legacy(att.container_id, att.ifname)
 
     def remove(self, container_id: str, ifname: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
             self._path(container_id, ifname).unlink()
         self._drop_legacy(container_id, ifname)
 
     def _drop_legacy(self, container_id: str, ifname: str) -> None:
         """The old-scheme file of this attachment, only if it holds this attachment."""
         old = self.dir / legacy_name(container_id, ifname)
-        with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError, IsADirectoryError):
             data = json.loads(old.read_bytes())
             if isinstance(data, dict) and (data.get("container_id"), data.get("ifname")) == \
                     (container_id, ifname):
@@ -232,6 +243,8 @@ class StateStore:
             return []
         out = []
         for p in sorted(self.dir.glob(f"*{SUFFIX}")):
+            if p.name.startswith(_TMP):  # a save in flight (pathlib's glob matches dotfiles):
+                continue                 # not damaged, and temp_files() is its reader
             att = self._read(p)
             if att is not None:
                 out.append(att)

@@ -253,7 +253,11 @@ def teardown(netns_path: str, ifname: str, host_veth: str, owner: str,
         with contextlib.suppress(CniError), pod_netns(netns_path) as (pod, _):
             link = pod.link(ifname)
             if link is not None:
-                ignore_gone(pod.del_link, link.index)
+                try:
+                    ignore_gone(pod.del_link, link.index)
+                except NetlinkError as e:
+                    if e.errno != errno.EOPNOTSUPP:  # lo, say: a device no ADD of ours made
+                        raise
     return False
 
 

@@ -14,6 +14,16 @@ from harness import Node
 E2E_DIR = Path(__file__).parent / "e2e"
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--fuzz-cases", type=int, default=200,
+                     help="cases of tests/e2e/test_fuzz.py (each runs standalone and via ferryd)")
+
+
+@pytest.fixture(scope="session")
+def fuzz_cases(request: pytest.FixtureRequest) -> int:
+    return int(request.config.getoption("--fuzz-cases"))
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Everything under tests/e2e is end to end (root, network namespaces, the installed
     binaries): marked `e2e`, and skipped with the reason when not root, so that the unit

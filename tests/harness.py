@@ -380,3 +380,28 @@ class Agent:
         finally:
             if agent.proc is not None:
                 agent.stop()
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """A small tmpfs of the test's own at `path` (a disk that can be filled up)."""
+    path.mkdir(parents=True)
+    sh("mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "ferry-test", str(path))
+    try:
+        yield path
+    finally:
+        sh("umount", "-l", str(path), check=False)
+
+
+def fill_disk(path: Path) -> list[Path]:
+    """Fill the file system of `path` to the last byte; the files that did it."""
+    files = [path / "filler"]
+    with contextlib.suppress(OSError), open(files[0], "wb") as f:
+        while True:
+            f.write(b"\0" * 65536)
+            f.flush()
+    for i in range(256):  # the partly used pages take small files still
+        files.append(path / f"crumb{i}")
+        with contextlib.suppress(OSError), open(files[-1], "wb") as f:
+            f.write(b"\0" * 256)
+    return files

@@ -14,12 +14,16 @@ import argparse
 import contextlib
 import json
 import os
+import select as select_
+import selectors
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +36,7 @@ from plugin.cli import respond
 from plugin.config import NetConf, load_file
 from plugin.dataplane import fallback, select
 from plugin.log import log
-from plugin.protocol import CniError
+from plugin.protocol import CniError, Code
 
 VERSION = "0.1.0"
 DEFAULT_GRPC_SOCKET = "/run/ferry/ferryd-grpc.sock"
@@ -49,15 +53,40 @@ def _private_umask() -> Iterator[None]:
         os.umask(old)
 
 
+@dataclass
+class _Incoming:
+    """A connection whose request is still arriving."""
+
+    deadline: float
+    buf: bytearray = field(default_factory=bytearray)
+
+
 class RelayServer:
-    """Accepts relayed CNI requests; a bounded pool runs them concurrently."""
+    """Accepts relayed CNI requests; a bounded pool runs them concurrently.
+
+    One thread reads the requests of all connections (non-blocking, each with a deadline and
+    a size bound), so a connection that sends nothing or too much holds no worker and no
+    memory; only a complete request goes to the pool. A request whose client has gone by the
+    time a worker takes it is not run, and an ADD whose answer cannot be delivered is undone
+    (DEL of the same attachment): the runtime, told "try again" (11), retries from scratch.
+    """
+
+    REQUEST_DEADLINE_S = 10.0  # from connect to the last byte of the request
+    REPLY_DEADLINE_S = 10.0
+    MAX_INCOMING = 64  # connections still sending; past that the oldest one is dropped
+    MAX_QUEUED = 256   # complete requests waiting for a worker; past that: "try again"
 
     def __init__(self, path: str, agent: Agent, workers: int) -> None:
         self.path = path
         self.agent = agent
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cni")
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._thread = threading.Thread(target=self._accept_loop, name="relay", daemon=True)
+        self._selector = selectors.DefaultSelector()
+        self._incoming: dict[socket.socket, _Incoming] = {}
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._queued = 0
+        self._queued_lock = threading.Lock()
+        self._thread = threading.Thread(target=self._read_loop, name="relay", daemon=True)
 
     def start(self) -> None:
         Path(self.path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -66,30 +95,166 @@ class RelayServer:
         with _private_umask():
             self.sock.bind(self.path)
         self.sock.listen(128)
+        self.sock.setblocking(False)
+        self._selector.register(self.sock, selectors.EVENT_READ)
+        self._selector.register(self._wake_r, selectors.EVENT_READ)
         self._thread.start()
 
-    def _accept_loop(self) -> None:
+    def _read_loop(self) -> None:
+        try:
+            while True:
+                now = time.monotonic()
+                timeout = min((c.deadline for c in self._incoming.values()), default=now + 1)
+                for key, _ in self._selector.select(max(0.0, timeout - now)):
+                    if key.fileobj is self._wake_r:
+                        return
+                    try:
+                        if key.fileobj is self.sock:
+                            self._accept()
+                        else:
+                            self._receive(key.fileobj)  # type: ignore[arg-type]
+                    except Exception:  # one connection's trouble must not stop the reader
+                        log.exception("relay: reading a request failed")
+                        if key.fileobj is not self.sock:
+                            self._drop(key.fileobj)  # type: ignore[arg-type]
+                now = time.monotonic()
+                for conn in [c for c, inc in self._incoming.items() if inc.deadline <= now]:
+                    log.warning("relay: request not complete within %.0fs; connection dropped",
+                                self.REQUEST_DEADLINE_S)
+                    self._drop(conn)
+        except Exception:
+            log.exception("relay reader failed")
+        finally:
+            for conn in list(self._incoming):
+                self._drop(conn)
+
+    def _accept(self) -> None:
         while True:
             try:
                 conn, _ = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
             except OSError:
                 return  # closed by stop()
-            self.pool.submit(self._serve, conn)
+            conn.setblocking(False)
+            if len(self._incoming) >= self.MAX_INCOMING:
+                oldest = min(self._incoming, key=lambda c: self._incoming[c].deadline)
+                log.warning("relay: %d connections still sending; dropping the oldest",
+                            len(self._incoming))
+                self._drop(oldest)
+            self._incoming[conn] = _Incoming(time.monotonic() + self.REQUEST_DEADLINE_S)
+            self._selector.register(conn, selectors.EVENT_READ)
 
-    def _serve(self, conn: socket.socket) -> None:
+    def _drop(self, conn: socket.socket) -> None:
+        self._incoming.pop(conn, None)
+        with contextlib.suppress(KeyError, ValueError):
+            self._selector.unregister(conn)
+        conn.close()
+
+    def _receive(self, conn: socket.socket) -> None:
+        inc = self._incoming[conn]
+        try:
+            data = conn.recv(1 << 16)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._drop(conn)  # the client went before its request was complete
+            return
+        inc.buf += data
+        if len(inc.buf) < 4:
+            return
+        size = int.from_bytes(inc.buf[:4], "big")
+        if size > relay.MAX_REQUEST_BYTES:
+            log.warning("relay: request of %d bytes refused", size)
+            self._detach(conn)
+            self._answer_now(conn, Code.DECODE_FAILURE, "request too large",
+                             f"{size} bytes, at most {relay.MAX_REQUEST_BYTES}")
+            return
+        if len(inc.buf) < 4 + size:
+            return
+        self._detach(conn)
+        with self._queued_lock:
+            busy = self._queued >= self.MAX_QUEUED
+            self._queued += not busy
+        if busy:
+            self._answer_now(conn, Code.TRY_AGAIN_LATER, "ferryd is busy; try again later")
+            return
+        self.pool.submit(self._serve, conn, bytes(inc.buf[4:4 + size]))
+
+    def _detach(self, conn: socket.socket) -> None:
+        """The connection leaves the reader (not closed)."""
+        self._incoming.pop(conn, None)
+        self._selector.unregister(conn)
+        conn.setblocking(True)
+        conn.settimeout(self.REPLY_DEADLINE_S)
+
+    def _answer_now(self, conn: socket.socket, code: int, msg: str, details: str = "") -> None:
+        with conn, contextlib.suppress(OSError):
+            conn.sendall(_error_reply(code, msg, details))
+
+    def _serve(self, conn: socket.socket, payload: bytes) -> None:
+        with self._queued_lock:
+            self._queued -= 1
         with conn:
             try:
-                env, stdin = relay.decode_request(relay.read_frame(conn))
+                env, stdin = relay.decode_request(payload)
+                if _peer_gone(conn):
+                    log.warning("relay: client gone before its %s started; not run",
+                                env.get("CNI_COMMAND"), extra={
+                                    "container": env.get("CNI_CONTAINERID")})
+                    return
                 code, out = self.agent.handle(env, stdin)
-                conn.sendall(relay.encode_reply(code, out))
-            except (OSError, relay.AgentGone, ValueError) as e:
-                log.warning("relay connection failed: %s", e)
+                if not _deliver(conn, relay.encode_reply(code, out)):
+                    self._undo(env, stdin, code)
+            except Exception as e:
+                log.exception("relay request failed")
+                _deliver(conn, _error_reply(Code.INTERNAL, f"internal error: {type(e).__name__}",
+                                            str(e)))
+
+    def _undo(self, env: dict[str, str], stdin: bytes, code: int) -> None:
+        """Nobody received the answer: an ADD that succeeded is undone, so the runtime's
+        retry finds the node as it was (it was told nothing, or 11)."""
+        command = env.get("CNI_COMMAND")
+        log.warning("relay: client gone before the answer to its %s", command,
+                    extra={"container": env.get("CNI_CONTAINERID"), "code": code})
+        if command == "ADD" and code == 0:
+            del_code, _ = self.agent.handle({**env, "CNI_COMMAND": "DEL"}, stdin)
+            log.info("relay: undelivered ADD undone", extra={
+                "container": env.get("CNI_CONTAINERID"), "code": del_code})
 
     def stop(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
+        self._wake_w.send(b"x")
+        self._thread.join()
         self.sock.close()
         self.pool.shutdown(wait=True)  # let in-flight ADDs/DELs finish
+
+
+def _peer_gone(conn: socket.socket) -> bool:
+    """The client closed its end (it timed out or was killed). A poll, not a recv: the
+    connection has a timeout, with which a recv would wait for data first."""
+    poller = select_.poll()
+    poller.register(conn, select_.POLLIN | select_.POLLRDHUP)
+    return any(ev & (select_.POLLHUP | select_.POLLRDHUP | select_.POLLERR | select_.POLLNVAL)
+               for _, ev in poller.poll(0))
+
+
+def _deliver(conn: socket.socket, reply: bytes) -> bool:
+    if _peer_gone(conn):
+        return False
+    try:
+        conn.sendall(reply)
+    except OSError:
+        return False
+    return True
+
+
+def _error_reply(code: int, msg: str, details: str = "") -> bytes:
+    err = CniError(code, msg, details).to_dict()
+    return relay.encode_reply(1, (json.dumps(err, indent=2) + "\n").encode())
 
 
 class Agent:
@@ -104,6 +269,7 @@ class Agent:
         self.dataplane = select(conf, loading=True)
         self._stop = threading.Event()
         self._inspect_lock = threading.Lock()
+        self.cluster: Any = None  # plugin.cluster.agent.ClusterAgent in cluster mode
 
     def handle(self, env: dict[str, str], stdin: bytes) -> tuple[int, bytes]:
         """One relayed CNI request, answered exactly as the standalone binary would."""
@@ -157,6 +323,11 @@ class Agent:
         log.info("ferryd starting", extra={"network": self.conf.name, "version": VERSION,
                                            "dataplane": self.dataplane.name,
                                            "reconcile": vars(report), "load": loaded})
+        if self.conf.datastore is not None:
+            from plugin.cluster.agent import ClusterAgent
+
+            self.cluster = ClusterAgent(self.conf)
+            self.cluster.start()
         relay_server = RelayServer(self.args.socket, self, self.args.workers)
         relay_server.start()
         from plugin.agent.service import start_grpc
@@ -173,6 +344,8 @@ class Agent:
         self._stop.wait()
         log.info("ferryd stopping")
         relay_server.stop()
+        if self.cluster is not None:
+            self.cluster.stop()
         grpc_server.stop(grace=5).wait()
         reaper.stop()
         with contextlib.suppress(FileNotFoundError):
@@ -201,10 +374,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """A failure to start is one line on stderr and exit status 1; an unexpected one has its
+    traceback in the log file (the config's, once it could be read), never on stderr."""
     args = parse_args(argv)
-    conf, raw = load_file(args.config)
-    args.socket = args.socket or conf.agent_socket
-    Agent(conf, raw, args).run()
+    try:
+        conf, raw = load_file(args.config)
+        logging_setup.setup(conf.log)
+        args.socket = args.socket or conf.agent_socket
+        Agent(conf, raw, args).run()
+    except CniError as e:
+        print(f"ferryd: {e}", file=sys.stderr)
+        sys.exit(1)
+    except Exception as e:
+        logging_setup.log_unexpected(e, "ferryd failed")
+        print(f"ferryd: internal error: {type(e).__name__}: {e}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

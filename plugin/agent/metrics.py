@@ -12,6 +12,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from plugin.protocol import COMMANDS
+
 if TYPE_CHECKING:
     from plugin.agent.daemon import Agent
 
@@ -26,12 +28,14 @@ LATENCY = Histogram("ferry_cni_request_seconds", "Time to serve a CNI request in
 
 
 def observe(command: str, exit_code: int, out: bytes, seconds: float) -> None:
+    if command not in COMMANDS:
+        command = "other"  # a label per made-up command would grow without bound
     LATENCY.labels(command).observe(seconds)
     REQUESTS.labels(command, "ok" if exit_code == 0 else "error").inc()
     if exit_code:
         try:
-            code = str(json.loads(out).get("code", "unknown"))
-        except ValueError:
+            code = str(int(json.loads(out).get("code")))
+        except (ValueError, TypeError, AttributeError):
             code = "unknown"
         ERRORS.labels(command, code).inc()
 
@@ -117,4 +121,8 @@ def serve(agent: Agent, host: str, port: int) -> None:
     REGISTRY.register(PoolCollector(agent))
     REGISTRY.register(NatCollector(agent))
     REGISTRY.register(RecordsCollector(agent))
+    if agent.cluster is not None:
+        from plugin.cluster.ops import ClusterCollector
+
+        REGISTRY.register(ClusterCollector(agent.cluster))  # type: ignore[arg-type]
     start_http_server(port, addr=host, registry=REGISTRY)

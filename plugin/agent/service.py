@@ -129,6 +129,10 @@ class FerryService(pb_grpc.FerryServicer):
 def start_grpc(agent: Agent, path: str) -> grpc.Server:
     server = grpc.server(ThreadPoolExecutor(max_workers=4, thread_name_prefix="grpc"))
     pb_grpc.add_FerryServicer_to_server(FerryService(agent), server)
+    if agent.cluster is not None:
+        from plugin.cluster.ops import add_service
+
+        add_service(server, agent.cluster)
     with _private_umask():
         server.add_insecure_port(f"unix:{path}")
         server.start()

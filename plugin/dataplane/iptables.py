@@ -206,6 +206,25 @@ def _record_path(conf: NetConf) -> Path:
     return Path(conf.state_dir) / conf.name / NODE_RECORD
 
 
+def _node_record(conf: NetConf) -> dict[str, Any]:
+    """createdTables: the nat tables ferry created (removed with the node chain, nft only);
+    loaded: `ferryctl load` (or ferryd) set the node level up, which then stays when the
+    last pod goes; without it, the node chain is the first ADD's and leaves with the last DEL."""
+    path = _record_path(conf)
+    try:
+        rec = json.loads(path.read_text())
+    except (OSError, ValueError):
+        rec = {}
+    return {"createdTables": list(rec.get("createdTables", [])),
+            "loaded": bool(rec.get("loaded"))}
+
+
+def _write_node_record(conf: NetConf, rec: dict[str, Any]) -> None:
+    path = _record_path(conf)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.write_text(json.dumps(rec))
+
+
 def _ensure_node_chain(conf: NetConf, backend: Backend, version: int, table: NatTable,
                        lines: list[str]) -> None:
     """Add the node chain and its POSTROUTING jump to the batch when missing; remember whether
@@ -213,11 +232,9 @@ def _ensure_node_chain(conf: NetConf, backend: Backend, version: int, table: Nat
     if NODE_CHAIN in table.chains:
         return
     if not table.chains:
-        path = _record_path(conf)
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        rec = json.loads(path.read_text()) if path.exists() else {"createdTables": []}
+        rec = _node_record(conf)
         rec["createdTables"] = sorted({*rec["createdTables"], f"{backend.name}:{version}"})
-        path.write_text(json.dumps(rec))
+        _write_node_record(conf, rec)
     lines += [f":{NODE_CHAIN} - [0:0]",
               f"-A POSTROUTING -m comment --comment {_quoted('ferry: pod SNAT')} "
               f"-j {NODE_CHAIN}"]
@@ -272,6 +289,7 @@ class Iptables:
                 _ensure_node_chain(conf, backend, version,
                                    NatTable.parse(backend.save(version)), lines)
                 backend.restore(version, lines)
+            _write_node_record(conf, {**_node_record(conf), "loaded": True})
         synced = resync(self, conf)
         low, high = conf.snat_ports
         summary = {"network": conf.name, "dataplane": self.name, "backend": backend.name,
@@ -393,12 +411,30 @@ class Iptables:
         routing; whatever is already gone is skipped."""
         if att.pod_eni:
             detach_eni_routing(conf, att)
+        try:
+            Path(conf.state_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError:
+            return  # a stateDir that cannot exist: no ADD of this config made anything
         chain = chain_name(conf.name, att.container_id, att.ifname)
         with _locked(conf):
+            rec = _node_record(conf)
+            in_use = False
             for backend in (Backend(n) for n in BACKENDS if Backend(n).available()):
                 for version in (4, 6):
-                    backend.restore(version, _remove_lines(
-                        NatTable.parse(backend.save(version)), chain))
+                    table = NatTable.parse(backend.save(version))
+                    lines = _remove_lines(table, chain)
+                    left = [r for r in table.rules.get(NODE_CHAIN, [])
+                            if not r.endswith(f"-j {chain}")]
+                    last = NODE_CHAIN in table.chains and not left and not rec["loaded"]
+                    if last:  # the last pod of a node level no load set up: it goes too
+                        lines += [_delete(r) for r in table.rules.get("POSTROUTING", [])
+                                  if r.endswith(f"-j {NODE_CHAIN}")] + [f"-X {NODE_CHAIN}"]
+                    backend.restore(version, lines)
+                    if last and f"{backend.name}:{version}" in rec["createdTables"]:
+                        _drop_empty_nft_table(backend, version)
+                    in_use = in_use or bool(left) or (NODE_CHAIN in table.chains and not last)
+            if not in_use and not rec["loaded"]:
+                _record_path(conf).unlink(missing_ok=True)
         # The pod's NAT flows go too, so that its IP's next owner starts clean (as eBPF's).
         ips = {str(ipaddress.ip_interface(ip).ip) for ip in att.ips}
         _forget(row for row in _conntrack(conf)

@@ -10,13 +10,25 @@ address for IPv4).
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from plugin.config import IPAMConfig, IPRange
 from plugin.ipam.store import Store
+from plugin.paths import missing_dirs, remove_empty
 from plugin.protocol import Address, CniError, Code, IPConfig, Result, Route
+
+
+@dataclass
+class Rollback:
+    """What Allocator.rollback needs to undo one allocation."""
+
+    container_id: str
+    ifname: str
+    ips: list[IPConfig]
+    pointers: dict[int, str | None]  # last_reserved_ip.N before the allocation
+    created: list[Path]  # directories the allocation created, deepest first
 
 
 @dataclass(frozen=True)
@@ -83,9 +95,21 @@ class Allocator:
 
     def allocate(self, container_id: str, ifname: str, requested: list[Address]) -> Result:
         """One IP from every range set (the requested one where given), all or nothing."""
+        return self.reserve(container_id, ifname, requested)[0]
+
+    def reserve(self, container_id: str, ifname: str,
+                requested: list[Address]) -> tuple[Result, Rollback]:
+        """allocate(), and what undoes it all: the IPs, the round-robin pointers and the
+        directories this allocation created."""
+        # Before anything is reserved: a resolvConf that cannot be read fails the ADD (5)
+        # with nothing to undo.
+        dns = read_resolv_conf(self.conf.resolv_conf)
         unmatched = list(requested)
         ips: list[IPConfig] = []
+        created = missing_dirs(self.store.dir)
         with self.store.locked() as store:
+            pointers = {idx: store.last_reserved_text(idx)
+                        for idx in range(len(self.range_sets))}
             held = store.owned_by(container_id, ifname)
             try:
                 for idx, spans in enumerate(self.range_sets):
@@ -106,11 +130,29 @@ class Allocator:
                     raise CniError(Code.IP_UNAVAILABLE, "requested IP is not in any range",
                                    ", ".join(map(str, unmatched)))
             except BaseException:
-                for ipc in ips:
-                    store.release(ipc.address.ip)
+                self._undo(store, Rollback(container_id, ifname, ips, pointers, created))
                 raise
-        return Result(ips=ips, routes=[Route(dst=r.dst, gw=r.gw) for r in self.conf.routes],
-                      dns=read_resolv_conf(self.conf.resolv_conf))
+        result = Result(ips=ips, routes=[Route(dst=r.dst, gw=r.gw) for r in self.conf.routes],
+                        dns=dns)
+        return result, Rollback(container_id, ifname, ips, pointers, created)
+
+    def rollback(self, undo: Rollback) -> None:
+        with self.store.locked(create=False) as store:
+            self._undo(store, undo)
+
+    @staticmethod
+    def _undo(store: Store, undo: Rollback) -> None:
+        for ipc in undo.ips:
+            store.release(ipc.address.ip)
+        for idx, ipc in enumerate(undo.ips):
+            # Put the pointer back unless another ADD moved it on since.
+            if store.last_reserved_text(idx) == str(ipc.address.ip):
+                store.set_last_reserved(idx, undo.pointers.get(idx))
+        if undo.created and store.dir.is_dir() and \
+                {p.name for p in store.dir.iterdir()} <= {"lock"}:
+            # Under the flock: a process waiting for it sees the lock file gone and retries.
+            (store.dir / "lock").unlink(missing_ok=True)
+            remove_empty(undo.created)
 
     @staticmethod
     def _take(store: Store, idx: int, spans: list[Span], ip: Address, cid: str,
@@ -130,24 +172,16 @@ class Allocator:
                        ", ".join(str(s.subnet) for s in spans))
 
     def release(self, container_id: str, ifname: str) -> list[Address]:
-        with self.store.locked() as store:
+        with self.store.locked(create=False) as store:
             return store.release_owned_by(container_id, ifname)
 
     def held(self, container_id: str, ifname: str) -> list[Address]:
-        with self.store.locked() as store:
+        with self.store.locked(create=False) as store:
             return store.owned_by(container_id, ifname)
 
     def gc(self, valid: set[tuple[str, str]]) -> list[Address]:
         """Release every reservation of this network not held by a valid attachment."""
-        valid_ids = {cid for cid, _ in valid}
-        freed = []
-        with self.store.locked() as store:
-            for ip, (cid, ifname) in store.reservations().items():
-                keep = (cid, ifname) in valid if ifname else cid in valid_ids
-                if not keep and self._mine(ip):
-                    store.release(ip)
-                    freed.append(ip)
-        return freed
+        return release_invalid(self.store, valid, self._mine)
 
     def _mine(self, ip: Address) -> bool:
         return any(ip in s for spans in self.range_sets for s in spans)
@@ -155,12 +189,27 @@ class Allocator:
     def exhausted_sets(self) -> list[str]:
         """The range sets (as text) that have no free address left."""
         full = []
-        with self.store.locked() as store:
+        with self.store.locked(create=False) as store:
             taken = set(store.reservations())
             for spans in self.range_sets:
                 if not any(ip not in taken for _, ip in candidates(spans, None)):
                     full.append(", ".join(str(s.subnet) for s in spans))
         return full
+
+
+def release_invalid(store: Store, valid: set[tuple[str, str]],
+                    mine: Callable[[Address], bool]) -> list[Address]:
+    """GC: release the reservations of `mine` IPs that no valid attachment holds (an old
+    id-only file is kept while its container is valid)."""
+    valid_ids = {cid for cid, _ in valid}
+    freed = []
+    with store.locked(create=False) as locked:
+        for ip, (cid, ifname) in locked.reservations().items():
+            keep = (cid, ifname) in valid if ifname else cid in valid_ids
+            if not keep and mine(ip):
+                locked.release(ip)
+                freed.append(ip)
+    return freed
 
 
 def read_resolv_conf(path: str | None) -> dict[str, object]:

@@ -22,35 +22,97 @@ LINE_BREAK = "\r\n"
 LAST_RESERVED = "last_reserved_ip."
 
 
+def _warn(msg: str, *args: object) -> None:
+    from plugin.log import log  # late: this module stays standard-library only
+
+    log.warning(msg, *args)
+
+
+def _open_lock(path: Path) -> int:
+    """The lock file, created if missing (O_RDONLY is enough for flock and works on a
+    read-only store). A directory in its place is locked itself, so that every ferry process
+    still agrees on one lock and DEL keeps working; the log says so."""
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except IsADirectoryError:
+        _warn("IPAM lock %s is a directory; locking it as it is", path)
+        return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+
+def _is_current(fd: int, path: Path) -> bool:
+    try:
+        return os.fstat(fd).st_ino == os.stat(path).st_ino
+    except FileNotFoundError:
+        return False
+
+
 class Store:
     def __init__(self, data_dir: str, network: str) -> None:
         self.dir = Path(data_dir) / network
 
     @contextlib.contextmanager
-    def locked(self) -> Iterator[Store]:
-        self.dir.mkdir(parents=True, exist_ok=True, mode=0o755)
-        fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+    def locked(self, create: bool = True) -> Iterator[Store]:
+        """flock the network's lock file. create=False (release, reads): a network directory
+        that does not exist holds nothing, and is not created just to find that out."""
+        lock = self.dir / "lock"
+        while True:
+            if not create and not self.dir.is_dir():
+                yield self
+                return
+            self.dir.mkdir(parents=True, exist_ok=True, mode=0o755)
+            fd = _open_lock(lock)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                if _is_current(fd, lock):
+                    break
+            except BaseException:
+                os.close(fd)
+                raise
+            os.close(fd)  # a rolled-back first ADD removed it while we waited: again
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
             yield self
         finally:
             os.close(fd)  # closing drops the flock
 
     def reserve(self, ip: Address, container_id: str, ifname: str, range_set: int) -> bool:
-        """Claim `ip`; False when somebody (ferry or host-local) holds it already."""
+        """Claim `ip`; False when somebody (ferry or host-local) holds it already. A write
+        that fails (a full disk) leaves no file behind: an ownerless reservation would hold
+        the IP for good."""
+        path = self.dir / str(ip)
         try:
-            fd = os.open(self.dir / str(ip), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         except FileExistsError:
             return False
-        with os.fdopen(fd, "w") as f:
-            f.write(f"{container_id.strip()}{LINE_BREAK}{ifname}")
-        (self.dir / f"{LAST_RESERVED}{range_set}").write_text(str(ip))
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(f"{container_id.strip()}{LINE_BREAK}{ifname}")
+            self.set_last_reserved(range_set, str(ip))
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
         return True
+
+    def set_last_reserved(self, range_set: int, value: str | None) -> None:
+        path = self.dir / f"{LAST_RESERVED}{range_set}"
+        if value is None:
+            path.unlink(missing_ok=True)
+            return
+        try:
+            path.write_text(value)
+        except BaseException:
+            path.unlink(missing_ok=True)  # a truncated one would only mislead the next ADD
+            raise
+
+    def last_reserved_text(self, range_set: int) -> str | None:
+        try:
+            return (self.dir / f"{LAST_RESERVED}{range_set}").read_text()
+        except (OSError, ValueError):  # missing, a directory, not UTF-8
+            return None
 
     def last_reserved(self, range_set: int) -> Address | None:
         try:
-            return ipaddress.ip_address((self.dir / f"{LAST_RESERVED}{range_set}").read_text())
-        except (FileNotFoundError, ValueError):
+            return ipaddress.ip_address(self.last_reserved_text(range_set) or "")
+        except ValueError:
             return None
 
     def release(self, ip: Address) -> None:
@@ -63,7 +125,7 @@ class Store:
         names they keep. os, not pathlib: this runs per ADD and DEL."""
         try:
             entries = os.scandir(self.dir)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # no store there: nothing reserved
             return
         with entries:
             for entry in entries:
@@ -78,7 +140,15 @@ class Store:
                     data = os.read(fd, 4096)
                 finally:
                     os.close(fd)
-                owner, _, ifname = data.decode().partition(LINE_BREAK)
+                try:
+                    text = data.decode()
+                except UnicodeDecodeError:
+                    # Not written by ferry or host-local: skipped (its IP stays taken, as the
+                    # O_EXCL create still fails), so that it blocks no ADD, DEL or GC.
+                    _warn("IPAM store: %s is not a reservation file (not UTF-8); skipped",
+                          entry.path)
+                    continue
+                owner, _, ifname = text.partition(LINE_BREAK)
                 yield entry.name, owner.strip(), ifname.strip()
 
     def reservations(self) -> dict[Address, tuple[str, str]]:

@@ -99,6 +99,19 @@ def test_temp_files_of_both_schemes_are_found(store: StateStore) -> None:
     assert sorted(pid for _, pid in store.temp_files()) == [42, 43]
 
 
+def test_a_save_in_flight_is_not_read_as_a_damaged_record(store: StateStore) -> None:
+    """pathlib's glob matches dotfiles: all() running while another thread saves (ferryd's
+    cluster reconcile, gRPC ListEndpoints) must not quarantine the half-written temp file,
+    or the save's rename fails and the ADD with it; nor must ferryd's start, whose rollback
+    of a killed ADD reads that file through temp_files()."""
+    store.dir.mkdir(parents=True)
+    tmp = store.dir / ".tmp42.ctr1:eth0.json"
+    tmp.write_text('{"container_id": "ctr1", "ifn')
+    assert store.all() == []
+    assert tmp.exists() and not (store.dir / QUARANTINE).exists()
+    assert [pid for _, pid in store.temp_files()] == [42]
+
+
 @pytest.mark.parametrize("scope", ["net1", ".egress/net1"])
 def test_owner_tags_parse_back(scope: str) -> None:
     tag = owner_tag(scope, "ctr.1", "x.y")
