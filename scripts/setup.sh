@@ -14,7 +14,7 @@ cd "$(dirname "$(readlink -f "$0")")/.."
 PKGS=(iproute2 iptables containernetworking-plugins linux-headers-amd64 python3-bpfcc
       bpfcc-tools bpftool iperf3 iputils-ping python3-venv python3-pip util-linux procps kmod
       podman runc busybox-static ethtool nftables clang libbpf-dev linux-libc-dev containerd
-      etcd-server etcd-client openssl
+      etcd-server etcd-client openssl e2fsprogs
       wrk nginx)  # wrk, nginx: bench/dataplanes.py's HTTP load generator and server
 missing=()
 for p in "${PKGS[@]}"; do
