@@ -313,7 +313,8 @@ def log_entries(d: Demo) -> list[dict[str, Any]]:
 def agent_up(d: Demo) -> None:
     load = start_agent(d)
     progs = ", ".join(sorted(load.get("progIds", {})))
-    d.check(bool(load.get("compiled")), "first start compiled and pinned", progs)
+    d.check(bool(load.get("compiled")),
+            f"first start loaded ({load.get('loader', '?')} loader) and pinned", progs)
 
 
 def add_pods(d: Demo) -> None:
