@@ -48,12 +48,10 @@ fi
 python3 -m loader.objects bpf >/dev/null
 # A regular (non-editable) install, as a user or a wheel gets it: the tests then prove the
 # package, not the checkout (bpf/ must be package data). FERRY_EDITABLE=1 for development.
-if [[ ${FERRY_EDITABLE:-0} == 1 ]]; then
-    .venv/bin/python -m pip install -q -e '.[test]'
-else
-    .venv/bin/python -m pip install -q --force-reinstall --no-deps .
-    .venv/bin/python -m pip install -q '.[test]'
-fi
+# (pip rebuilds and reinstalls a local project on every run, also at the same version.)
+editable=()
+[[ ${FERRY_EDITABLE:-0} == 1 ]] && editable=(-e)
+.venv/bin/python -m pip install -q "${editable[@]}" '.[test]'
 
 # The runtime looks for plugins in CNI_PATH; install ours next to the reference ones.
 # FERRY_CNI_BIN (default /opt/cni/bin) lets a second checkout keep its binaries apart; the
