@@ -76,7 +76,7 @@ SIMULATE = r"""
 import ipaddress, json, sys
 sys.path.insert(0, sys.argv[1])
 from plugin.config import load_file
-from plugin.dataplane import select
+from plugin.dataplane.mode import choose
 from plugin.state import Attachment
 conf = load_file(sys.argv[2])[0]
 count, veth = int(sys.argv[3]), sys.argv[4]
@@ -84,10 +84,11 @@ atts = [Attachment(container_id=f"sim{i:05d}", ifname="eth0", netns="", host_vet
                    ips=[f"{ipaddress.IPv4Address('10.21.0.0') + i}/16",
                         f"{ipaddress.IPv6Address('fd21::') + i}/112"], complete=True)
         for i in range(1, count + 1)]
-dp = select(conf)
+dp = choose(conf)
 if dp.name == "iptables":
     from plugin.dataplane import iptables as it
-    addrs, backend = it.node_addrs(conf), it.detect_backend()
+    from plugin.dataplane.node import discover
+    addrs, backend = discover(conf), it.detect_backend()
     for version in (4, 6):
         table = it.NatTable.parse(backend.save(version))
         lines = []

@@ -21,44 +21,39 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from plugin.config import NetConf, load_file
 from plugin.protocol import CniError
+from plugin.textable import table
+
+if TYPE_CHECKING:
+    from plugin.dataplane.base import Inspection
 
 
 def read_config(path: str) -> NetConf:
     return load_file(path)[0]
 
 
-def _table(title: str, rows: list[dict[str, Any]], cols: list[str]) -> str:
-    if not rows:
-        return f"{title}: none\n"
-    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in cols}
-    line = "  ".join(c.upper().ljust(widths[c]) for c in cols)
-    body = ["  ".join(str(r.get(c, "")).ljust(widths[c]) for c in cols) for r in rows]
-    return f"{title} ({len(rows)}):\n  " + "\n  ".join([line, *body]) + "\n"
-
-
-def render(info: dict[str, Any]) -> str:
-    if not info["loaded"]:
-        return f"network {info['network']}: not loaded (no pins under {info.get('pins')})\n"
-    head = (f"network {info['network']}  pins {info.get('pins', '-')}  "
-            f"build {info.get('hash', '-')}  "
-            f"uplink {info.get('uplink', '?')}  nodeIP {info.get('nodeIP', '?')}"
-            f"  nodeIPv6 {info.get('nodeIPv6') or '-'}\n")
-    if "loader" in info:  # the eBPF dataplane: which loader pinned it, what the kernel lacks
-        lacking = [f for f, ok in info.get("features", {}).items() if not ok]
-        head += (f"loader {info['loader']}  kernel lacks {', '.join(lacking) or 'nothing'}"
-                 f"  pod ENIs: {info.get('podENIMode', 'ebpf')}\n")
+def render(info: Inspection) -> str:
+    if not info.loaded:
+        return f"network {info.network}: not loaded (no pins under {info.pins})\n"
+    head = (f"network {info.network}  pins {info.pins or '-'}  build {info.hash or '-'}  "
+            f"uplink {info.uplink or '?'}  nodeIP {info.node_ip or '?'}"
+            f"  nodeIPv6 {info.node_ip6 or '-'}\n")
+    if info.loader is not None:  # the eBPF dataplane: which loader pinned it, what it lacks
+        lacking = [f for f, ok in (info.features or {}).items() if not ok]
+        head += (f"loader {info.loader}  kernel lacks {', '.join(lacking) or 'nothing'}"
+                 f"  pod ENIs: {info.pod_eni_mode or 'ebpf'}\n")
     filters = "".join(f"  {dev}: ingress {f['ingress']} egress {f['egress']}\n"
-                      for dev, f in info["filters"].items())
+                      for dev, f in info.filters.items())
+    rows = info.to_json()
     return (head + "filters:\n" + filters
-            + _table("pods", info["pods"], ["ip", "device", "ifindex", "podENI"])
-            + _table("nat", info["nat"], ["proto", "pod", "dst", "nat", "idleSeconds"])
-            + _table("redirects", info["redirects"],
+            + table("pods", rows["pods"], ["ip", "device", "ifindex", "podENI"])
+            + table("nat", rows["nat"], ["proto", "pod", "dst", "nat", "idleSeconds"])
+            + table("redirects", rows["redirects"],
                      ["ip", "hostVeth", "eni", "gateway", "hostMAC", "podMAC"])
-            + render_nat_stats(info.get("natStats")))
+            + render_nat_stats(info.nat_stats))
 
 
 def render_nat_stats(stats: dict[str, Any] | None) -> str:
@@ -110,25 +105,26 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         logging_setup.setup(conf.log)
         return cluster_ops.main(args, conf)
-    from plugin.dataplane import select
+    from plugin.dataplane import mode
 
     try:
         conf = read_config(args.config)
         logging_setup.setup(conf.log)
         if args.cmd == "records":
             return _records(conf, args.json)
-        dataplane = select(conf, loading=args.cmd == "load")
+        dataplane = mode.choose(conf, loading=args.cmd == "load")
         if args.cmd == "load":
-            out = dataplane.load(conf, tuple(args.cflag))
+            out = mode.load(conf, tuple(args.cflag), dataplane)[1]
         elif args.cmd == "unload":
             out = dataplane.unload(conf)
         elif args.cmd == "gc":
             out = {"network": conf.name, "expired": dataplane.expire(conf, args.idle)}
         else:
-            out = dataplane.inspect(conf)
+            info = dataplane.inspect(conf)
             if not args.json:
-                sys.stdout.write(render(out))
+                sys.stdout.write(render(info))
                 return 0
+            out = info.to_json()
     except CniError as e:
         print(f"ferryctl {args.cmd}: {e}", file=sys.stderr)
         return 1
@@ -160,7 +156,7 @@ def _records(conf: NetConf, as_json: bool) -> int:
         return 0
     print(f"network {out['network']}  records {out['dir']}  "
           f"attachments {len(out['attachments'])}")
-    sys.stdout.write(_table("quarantined", out["quarantined"], ["file", "reason"]))
+    sys.stdout.write(table("quarantined", out["quarantined"], ["file", "reason"]))
     return 0
 
 

@@ -16,7 +16,8 @@ from typing import Any
 from plugin import ipam, wiring
 from plugin import log as logging_setup
 from plugin.config import NetConf, parse, pod_eni
-from plugin.dataplane import Dataplane, select
+from plugin.dataplane.base import Dataplane
+from plugin.dataplane.mode import dataplane_for
 from plugin.log import log
 from plugin.paths import missing_dirs, remove_empty
 from plugin.protocol import CniError, Code, IPConfig, Request, Result
@@ -127,9 +128,10 @@ def provision(conf: NetConf, req: Request, att: Attachment, states: StateStore,
     tag = owner(states, att)
     links = wiring.setup(req.netns, req.ifname, att.host_veth, tag, conf.mtu, ips,
                          allocated.routes, replaceable=older_sandbox(states, att))
+    att.host_mac, att.pod_mac = links.host.mac, links.container.mac
     undo.append(lambda: wiring.teardown(att.netns, att.ifname, att.host_veth, tag, True))
 
-    dataplane = select(conf)
+    dataplane = dataplane_for(conf)
     dataplane.attach(conf, att)
     undo.append(lambda: dataplane.detach(conf, att))
     return allocated, ips, links
@@ -185,7 +187,7 @@ def unwire(conf: NetConf, states: StateStore, att: Attachment, netns: str, recor
         log.info("host veth %s belongs to another attachment: left alone", att.host_veth,
                  extra={"container": att.container_id, "owner": link.alias or "untagged"})
     # A link taken over by the pod's newer sandbox: its filters are that sandbox's now.
-    (dataplane or select(conf)).detach(conf, att if ours else
+    (dataplane or dataplane_for(conf)).detach(conf, att if ours else
                                        dataclasses.replace(att, host_veth=""))
     wiring.teardown(netns, att.ifname, att.host_veth, tag, untagged_ok)
 
@@ -261,7 +263,7 @@ def gc(conf: NetConf, req: Request) -> None:
     """Remove every attachment of this network that the runtime no longer lists as valid."""
     valid = valid_attachments(req)
     states = store(conf)
-    dataplane = select(conf)
+    dataplane = dataplane_for(conf)
     for att in states.all():
         if (att.container_id, att.ifname) in valid:
             continue

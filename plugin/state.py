@@ -48,6 +48,10 @@ class Attachment:
     pod_eni: dict[str, Any] | None = None
     # The process that runs the ADD: while it lives, an incomplete record is work in flight.
     owner_pid: int | None = None
+    # The MACs of the host veth and of the pod's interface, as wiring.setup made them (the
+    # eBPF pod-ENI redirect writes them into its map); "" in records older than this field.
+    host_mac: str = ""
+    pod_mac: str = ""
 
 
 class DamagedRecord(ValueError):
@@ -74,6 +78,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "container_id": (str,), "ifname": (str,), "netns": (str,), "host_veth": (str,),
     "k8s_pod": (list, type(None)), "ips": (list,), "complete": (bool,),
     "result": (dict, type(None)), "pod_eni": (dict, type(None)), "owner_pid": (int, type(None)),
+    "host_mac": (str,), "pod_mac": (str,),
 }
 _REQUIRED = ("container_id", "ifname", "netns", "host_veth")
 

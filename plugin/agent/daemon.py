@@ -34,7 +34,8 @@ from plugin.agent.reaper import LinkReaper
 from plugin.agent.reconcile import reconcile
 from plugin.cli import respond
 from plugin.config import NetConf, load_file
-from plugin.dataplane import fallback, select
+from plugin.dataplane import mode
+from plugin.dataplane.base import Inspection
 from plugin.log import log
 from plugin.protocol import CniError, Code
 
@@ -266,7 +267,7 @@ class Agent:
         self.served = 0
         # ferryd loads the node-level dataplane itself, so missing pins are not a reason for
         # `auto` to fall back.
-        self.dataplane = select(conf, loading=True)
+        self.dataplane = mode.choose(conf, loading=True)
         self._stop = threading.Event()
         self._inspect_lock = threading.Lock()
         self.cluster: Any = None  # plugin.cluster.agent.ClusterAgent in cluster mode
@@ -280,7 +281,7 @@ class Agent:
         metrics.observe(command, code, out, time.monotonic() - started)
         return code, out
 
-    def inspect(self) -> dict[str, Any]:
+    def inspect(self) -> Inspection:
         with self._inspect_lock:  # one map walk at a time, whoever asks
             return self.dataplane.inspect(self.conf)
 
@@ -301,17 +302,12 @@ class Agent:
                 log.info("expired %d idle NAT flows", expired)
 
     def _load_dataplane(self) -> dict[str, Any]:
-        """Compile happens here (or the pins are reused), never in a CNI exec. With `auto`,
-        a node that cannot load ebpf gets the fallback dataplane, and the log says why."""
-        try:
-            return self.dataplane.load(self.conf)
-        except CniError as e:
-            if self.conf.dataplane != "auto":
-                raise
-            log.warning("dataplane auto: %s cannot load (%s); using the fallback",
-                        self.dataplane.name, e)
-            self.dataplane = fallback(self.conf)
-            return self.dataplane.load(self.conf)
+        """Compile happens here (or the pins are reused), never in a CNI exec. What loaded
+        (the fallback, under `auto`, if ebpf could not) is the dataplane of every request
+        this process serves."""
+        self.dataplane, summary = mode.load(self.conf, dataplane=self.dataplane)
+        mode.adopt(self.conf, self.dataplane)
+        return summary
 
     def run(self) -> None:
         logging_setup.setup(self.conf.log)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from plugin import engine, wiring
 from plugin.config import VETH_HASH_CHARS, NetConf
-from plugin.dataplane import Dataplane
+from plugin.dataplane.base import Dataplane
 from plugin.ipam.allocator import Allocator
 from plugin.log import log
 from plugin.protocol import CniError

@@ -88,35 +88,34 @@ class FerryService(pb_grpc.FerryServicer):
 
     def GetNatTable(self, request: pb.Empty, context: Any) -> pb.NatTable:
         table = pb.NatTable(dataplane=self.agent.dataplane.name)
-        for row in self.agent.inspect().get("nat", []):
-            pod_addr, pod_port = _split_endpoint(row["pod"])
-            dst_addr, dst_port = _split_endpoint(row["dst"])
-            nat_addr, nat_port = _split_endpoint(row["nat"])
+        for flow in self.agent.inspect().nat:
+            pod_addr, pod_port = _split_endpoint(flow.pod)
+            dst_addr, dst_port = _split_endpoint(flow.dst)
+            nat_addr, nat_port = _split_endpoint(flow.nat)
             table.entries.append(pb.NatEntry(
-                proto=row["proto"], pod_addr=pod_addr, pod_port=pod_port, dst_addr=dst_addr,
+                proto=flow.proto, pod_addr=pod_addr, pod_port=pod_port, dst_addr=dst_addr,
                 dst_port=dst_port, nat_addr=nat_addr, nat_port=nat_port,
-                idle_seconds=row.get("idleSeconds", 0.0)))
+                idle_seconds=flow.idle_seconds))
         return table
 
     def GetRedirects(self, request: pb.Empty, context: Any) -> pb.Redirects:
         out = pb.Redirects(dataplane=self.agent.dataplane.name)
-        for r in self.agent.inspect().get("redirects", []):
-            out.redirects.append(pb.Redirect(pod_addr=r["ip"], host_veth=r["hostVeth"],
-                                             eni=r["eni"]))
+        for r in self.agent.inspect().redirects:
+            out.redirects.append(pb.Redirect(pod_addr=r.ip, host_veth=r.host_veth, eni=r.eni))
         return out
 
     def GetIpamPools(self, request: pb.Empty, context: Any) -> pb.IpamPools:
         return ipam_pools(self.agent.conf)
 
     def GetPrograms(self, request: pb.Empty, context: Any) -> pb.Programs:
+        """The loaded programs and where they hang (none for a dataplane without any)."""
         info = self.agent.inspect()
-        pin_dir = info.get("pins", "")
-        attached = {name: f"{dev} {hook}" for dev, hooks in info.get("filters", {}).items()
+        attached = {name: f"{dev} {hook}" for dev, hooks in info.filters.items()
                     for hook, names in hooks.items() for name in names}
-        return pb.Programs(dataplane=self.agent.dataplane.name, pin_dir=pin_dir, programs=[
-            pb.Program(name=p["name"], kind="sched_cls", pin=p["pin"], id=p["id"],
-                       attached_to=attached.get(p["name"], ""))
-            for p in info.get("programs", [])])
+        return pb.Programs(dataplane=info.dataplane, pin_dir=info.pins or "", programs=[
+            pb.Program(name=p.name, kind="sched_cls", pin=p.pin, id=p.id,
+                       attached_to=attached.get(p.name, ""))
+            for p in info.programs or []])
 
     def Health(self, request: pb.Empty, context: Any) -> pb.HealthReply:
         return pb.HealthReply(ok=True, version=VERSION,

@@ -83,7 +83,7 @@ def main(args: argparse.Namespace, conf: NetConf) -> int:
 
 
 def _table(title: str, rows: list[dict[str, Any]], cols: list[str], shape: Any) -> str:
-    from plugin.ctl import _table as table
+    from plugin.textable import table
 
     return table(title, [shape(r) for r in rows], cols)
 

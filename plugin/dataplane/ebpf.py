@@ -29,8 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pyroute2 import IPRoute
-
 from loader import pins, probes, syscall
 from loader.layouts import (
     DEFAULTS,
@@ -62,10 +60,26 @@ from loader.layouts import (
 from loader.maps import open_map
 from plugin import wiring
 from plugin.config import NetConf
-from plugin.dataplane import FAMILY_LABELS, nat_summary, resync, tc
+from plugin.dataplane import tc
+from plugin.dataplane.base import (
+    FAMILY_LABELS,
+    Inspection,
+    NatFlow,
+    PodEntry,
+    ProgramEntry,
+    RedirectEntry,
+    nat_summary,
+    resync,
+)
+from plugin.dataplane.eni_routing import (
+    attach_eni_routing,
+    detach_eni_routing,
+    eni_routing_rows,
+)
+from plugin.dataplane.node import discover
 from plugin.log import log
 from plugin.protocol import CniError, Code
-from plugin.rtnl import ifindex
+from plugin.rtnl import Rtnl, ifindex
 from plugin.state import Attachment, StateStore
 
 PROTOS = {socket.IPPROTO_TCP: "tcp", socket.IPPROTO_UDP: "udp", socket.IPPROTO_ICMP: "icmp",
@@ -153,10 +167,6 @@ class Ebpf:
     name = "ebpf"
 
     def load(self, conf: NetConf, cflags: tuple[str, ...] = ()) -> dict[str, Any]:
-        from plugin.dataplane.iptables import Iptables
-
-        # Switching modes: ferry's SNAT chains would translate the same packets a second time.
-        Iptables().unload(conf)
         return load_node(conf, cflags)
 
     def unload(self, conf: NetConf) -> dict[str, Any]:
@@ -168,7 +178,7 @@ class Ebpf:
     def nat_stats(self, conf: NetConf) -> dict[str, Any]:
         return nat_stats(conf)
 
-    def inspect(self, conf: NetConf) -> dict[str, Any]:
+    def inspect(self, conf: NetConf) -> Inspection:
         return inspect(conf)
 
     def attach(self, conf: NetConf, att: Attachment) -> None:
@@ -191,31 +201,25 @@ class Ebpf:
                     for ip in fam.addrs(att.ips):
                         eps.put(fam.key(fam.raw(ip)), Endpoint(ifindex=host_idx, flags=flags))
             if att.pod_eni and eni_by_routing(rec.missing):
-                from plugin.dataplane.iptables import attach_eni_routing
-
                 attach_eni_routing(conf, att)
             elif att.pod_eni:
-                with IPRoute() as ipr:
-                    self._attach_eni(d, att, ipr, host_idx, v4)
+                with Rtnl() as rt:
+                    self._attach_eni(d, att, rt, host_idx, v4)
         except BaseException:
             self.detach(conf, att)  # the engine undoes only attaches that returned
             raise
 
     @staticmethod
-    def _attach_eni(d: str, att: Attachment, ipr: IPRoute, host_idx: int,
-                    v4: list[str]) -> None:
+    def _attach_eni(d: str, att: Attachment, rt: Rtnl, host_idx: int, v4: list[str]) -> None:
         assert att.pod_eni is not None
         device, gateway = att.pod_eni["device"], att.pod_eni.get("gateway")
         eni_idx = ifindex(device)
         if eni_idx is None:
             raise CniError(Code.INVALID_CONFIG, f"pod ENI device {device} does not exist",
                            "podENI.device must name a device in the node's namespace")
-        host_mac = ipr.get_links(host_idx)[0].get_attr("IFLA_ADDRESS")
-        with wiring.pod_netns(att.netns) as (pod, _):
-            pod_link = pod.link(att.ifname)
-            if pod_link is None:
-                raise CniError(Code.INTERNAL, f"{att.ifname} is missing in the container")
-            pod_mac = pod_link.mac
+        host_mac, pod_mac = att.host_mac, att.pod_mac  # as wiring.setup made the pair
+        if not (host_mac and pod_mac):
+            host_mac, pod_mac = _read_macs(att, rt)  # a record from before they were kept
         entry = Redirect(host_ifindex=host_idx, eni_ifindex=eni_idx,
                          gateway=ip4(gateway) if gateway else 0)
         ctypes.memmove(entry.host_mac, mac_bytes(host_mac), 6)
@@ -223,8 +227,8 @@ class Ebpf:
         with open_map(d, "ferry_redirect") as rd:
             for ip in v4:
                 rd.put(Ip4Key(ip4(ip)), entry)
-        tc.attach(ipr, host_idx, "ingress", pins.prog_path(d, "ferry_eni_eg"), "ferry_eni_eg")
-        tc.attach(ipr, eni_idx, "ingress", pins.prog_path(d, "ferry_eni_in"), "ferry_eni_in")
+        tc.attach(rt, host_idx, "ingress", pins.prog_path(d, "ferry_eni_eg"), "ferry_eni_eg")
+        tc.attach(rt, eni_idx, "ingress", pins.prog_path(d, "ferry_eni_in"), "ferry_eni_in")
 
     def detach(self, conf: NetConf, att: Attachment) -> None:
         """Remove the pod's map entries and filters; whatever is already gone is skipped."""
@@ -237,17 +241,28 @@ class Ebpf:
             _purge_nat(d, att.ips)
         if not att.pod_eni:
             return  # the pod's filters are the ENI ones; the endpoint entry is all there is
-        from plugin.dataplane.iptables import detach_eni_routing
-
         detach_eni_routing(conf, att)  # attached so when the kernel lacked the helpers
-        with IPRoute() as ipr:
+        with Rtnl() as rt:
             host_idx = ifindex(att.host_veth)
             if host_idx is not None:
-                tc.detach(ipr, host_idx, "ingress")
+                tc.detach(rt, host_idx, "ingress")
             eni_idx = ifindex(att.pod_eni["device"])
             if eni_idx is not None and not _eni_shared(conf, att):
-                tc.detach(ipr, eni_idx, "ingress")
-                tc.drop_clsact_if_empty(ipr, eni_idx)
+                tc.detach(rt, eni_idx, "ingress")
+                tc.drop_clsact_if_empty(rt, eni_idx)
+
+
+def _read_macs(att: Attachment, rt: Rtnl) -> tuple[str, str]:
+    """The host veth's and the pod interface's MACs read from the links, for a record that
+    does not hold them (written before Attachment kept them)."""
+    host_link = rt.link(att.host_veth)
+    if host_link is None:
+        raise CniError(Code.INTERNAL, f"host veth {att.host_veth} is missing")
+    with wiring.pod_netns(att.netns) as (pod, _):
+        pod_link = pod.link(att.ifname)
+        if pod_link is None:
+            raise CniError(Code.INTERNAL, f"{att.ifname} is missing in the container")
+        return host_link.mac, pod_link.mac
 
 
 def _eni_shared(conf: NetConf, att: Attachment) -> bool:
@@ -259,60 +274,13 @@ def _eni_shared(conf: NetConf, att: Attachment) -> bool:
                for o in StateStore(conf.state_dir, conf.name, conf.veth_prefix).all())
 
 
-def resolve_uplink(conf: NetConf, ipr: IPRoute) -> tuple[str, int, ipaddress.IPv4Address]:
-    """(device, ifindex, node IPv4): config first, else the device holding nodeIP, else the
-    default route's device; the node IP defaults to the device's first global IPv4."""
-    idx: int | None = None
-    if conf.uplink:
-        idx = ifindex(conf.uplink)
-        if idx is None:
-            raise CniError(Code.INVALID_CONFIG, f"uplink device {conf.uplink} does not exist")
-    elif conf.node_ip is not None:
-        for a in ipr.get_addr():
-            if a.get_attr("IFA_ADDRESS") == str(conf.node_ip):
-                idx = a["index"]
-    else:
-        for r in ipr.get_default_routes(family=socket.AF_INET):
-            idx = r.get_attr("RTA_OIF")
-            break
-    if idx is None:
-        raise CniError(Code.INVALID_CONFIG, "cannot tell the uplink device",
-                       "set `uplink` (or `nodeIP`) in the network config")
-    node_ip: ipaddress.IPv4Address | None = None
-    if isinstance(conf.node_ip, ipaddress.IPv4Address):
-        node_ip = conf.node_ip
-    else:
-        for a in ipr.get_addr(index=idx, family=socket.AF_INET):
-            if a["scope"] == 0:
-                node_ip = ipaddress.IPv4Address(a.get_attr("IFA_ADDRESS"))
-                break
-    if node_ip is None:
-        raise CniError(Code.INVALID_CONFIG, "the uplink has no IPv4 address to SNAT to",
-                       "set `nodeIP`")
-    name = ipr.get_links(idx)[0].get_attr("IFLA_IFNAME")
-    return name, idx, node_ip
-
-
-def resolve_node_ip6(conf: NetConf, ipr: IPRoute, idx: int) -> ipaddress.IPv6Address | None:
-    """nodeIPv6, else an IPv6 nodeIP, else the uplink's first global IPv6; None: no IPv6 SNAT
-    (the program leaves IPv6 alone while nat_config.node_ip6 is zero)."""
-    if conf.node_ip6 is not None:
-        return conf.node_ip6
-    if isinstance(conf.node_ip, ipaddress.IPv6Address):
-        return conf.node_ip
-    for a in ipr.get_addr(index=idx, family=socket.AF_INET6):
-        if a["scope"] == 0:  # global: not link-local (fe80::) nor host
-            return ipaddress.IPv6Address(a.get_attr("IFA_ADDRESS"))
-    return None
-
-
 def load_node(conf: NetConf, cflags: tuple[str, ...] = ()) -> dict[str, Any]:
     """Compile or reopen, configure, attach on the uplink and re-sync the pods. Idempotent:
     the node agent calls it at every start, `ferryctl load` by hand."""
-    with IPRoute() as ipr:
+    with Rtnl() as rt:
         # Resolve first: a node with nothing to SNAT to must not cost a compile and pins.
-        uplink, idx, node_ip = resolve_uplink(conf, ipr)
-        node_ip6 = resolve_node_ip6(conf, ipr, idx)
+        node = discover(conf, rt)
+        uplink, idx, node_ip, node_ip6 = node.uplink, node.index, node.ip4, node.ip6
         try:
             res = pins.load(conf.bpffs_root, conf.name, cflags=cflags + nat_cflags(conf),
                             loader=conf.loader)
@@ -327,10 +295,8 @@ def load_node(conf: NetConf, cflags: tuple[str, ...] = ()) -> dict[str, Any]:
                 node_ip6=ip6(node_ip6 or "::"), randomize=RANDOMIZE[conf.randomize_snat],
                 hash_seed=secrets.randbits(32)))
         _fill_exclusions(conf, res.dir)
-        tc.attach(ipr, idx, "egress", pins.prog_path(res.dir, "ferry_snat_eg"),
-                  "ferry_snat_eg")
-        tc.attach(ipr, idx, "ingress", pins.prog_path(res.dir, "ferry_snat_in"),
-                  "ferry_snat_in")
+        tc.attach(rt, idx, "egress", pins.prog_path(res.dir, "ferry_snat_eg"), "ferry_snat_eg")
+        tc.attach(rt, idx, "ingress", pins.prog_path(res.dir, "ferry_snat_in"), "ferry_snat_in")
     synced = resync(Ebpf(), conf)
     summary = {"network": conf.name, "pins": res.dir, "compiled": res.compiled,
                "seconds": round(res.seconds, 4), "hash": res.hash[:16], "uplink": uplink,
@@ -377,12 +343,12 @@ def _fill_exclusions(conf: NetConf, d: str) -> None:
 def unload_node(conf: NetConf) -> dict[str, Any]:
     """Detach everything ferry put on devices for this network, then remove the pins."""
     removed: list[str] = []
-    with IPRoute() as ipr, contextlib.suppress(CniError):
-        uplink, idx, _ = resolve_uplink(conf, ipr)
+    with Rtnl() as rt, contextlib.suppress(CniError):
+        node = discover(conf, rt)
         for direction in ("egress", "ingress"):
-            if tc.detach(ipr, idx, direction):  # type: ignore[arg-type]
-                removed.append(f"{uplink} {direction}")
-        tc.drop_clsact_if_empty(ipr, idx)
+            if tc.detach(rt, node.index, direction):  # type: ignore[arg-type]
+                removed.append(f"{node.uplink} {direction}")
+        tc.drop_clsact_if_empty(rt, node.index)
     dataplane = Ebpf()
     for att in StateStore(conf.state_dir, conf.name).all():
         if att.pod_eni:
@@ -393,60 +359,54 @@ def unload_node(conf: NetConf) -> dict[str, Any]:
             "detached": removed}
 
 
-def inspect(conf: NetConf) -> dict[str, Any]:
+def inspect(conf: NetConf) -> Inspection:
     """Pods, NAT entries, redirects and filters, decoded with the shared layouts."""
     d = pin_dir(conf)
-    out: dict[str, Any] = {"network": conf.name, "pins": d, "loaded": False,
-                           "pods": [], "nat": [], "redirects": [], "filters": {}}
+    out = Inspection(network=conf.name, dataplane=Ebpf.name, pins=d)
     rec = pins.pinned_meta(d)
     if rec is None:
         return out
-    out["loaded"], out["hash"] = True, bytes(rec.hash).hex()[:16]
-    out["loader"] = pins.pinned_loader(d)
-    out["features"] = probes.Features(rec.missing).describe()
-    out["podENIMode"] = eni_by_routing(rec.missing) or "ebpf"
-    out["progIds"] = pins.prog_ids(d)
-    out["programs"] = [{"name": name, "id": prog_id, "pin": pins.prog_path(d, name)}
-                       for name, prog_id in out["progIds"].items()]
+    out.loaded, out.hash = True, bytes(rec.hash).hex()[:16]
+    out.loader = pins.pinned_loader(d)
+    out.features = probes.Features(rec.missing).describe()
+    out.pod_eni_mode = eni_by_routing(rec.missing) or "ebpf"
+    out.prog_ids = pins.prog_ids(d)
+    out.programs = [ProgramEntry(name=name, id=prog_id, pin=pins.prog_path(d, name))
+                    for name, prog_id in out.prog_ids.items()]
     now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
     for fam in FAMILIES:
         with open_map(d, fam.endpoints) as eps:
             for k, v in eps.items():
-                out["pods"].append({"ip": fam.text(k.addr), "ifindex": v.ifindex,
-                                    "device": _ifname(v.ifindex),
-                                    "podENI": bool(v.flags & EP_F_POD_ENI)})
+                out.pods.append(PodEntry(ip=fam.text(k.addr), device=_ifname(v.ifindex),
+                                         ifindex=v.ifindex,
+                                         pod_eni=bool(v.flags & EP_F_POD_ENI)))
         with open_map(d, fam.fwd) as fwd:
             for k, v in fwd.items():
-                out["nat"].append(_nat_row(fam, k, v, now))
-    out["natStats"] = nat_stats(conf)
+                out.nat.append(_nat_row(fam, k, v, now))
+    out.nat_stats = nat_stats(conf)
     with open_map(d, "ferry_redirect") as rd:
         for k, r in rd.items():
             raw = as_dict(r)
-            out["redirects"].append({
-                "ip": ip4_str(k.addr), "hostVeth": _ifname(r.host_ifindex),
-                "eni": _ifname(r.eni_ifindex),
-                "gateway": ip4_str(r.gateway) if r.gateway else "",
-                "hostMAC": mac_str(raw["host_mac"]), "podMAC": mac_str(raw["pod_mac"])})  # type: ignore[arg-type]
-    if out["podENIMode"] != "ebpf":
-        from plugin.dataplane.iptables import eni_routing_rows
-
+            out.redirects.append(RedirectEntry(
+                ip=ip4_str(k.addr), host_veth=_ifname(r.host_ifindex),
+                eni=_ifname(r.eni_ifindex), gateway=ip4_str(r.gateway) if r.gateway else "",
+                host_mac=mac_str(raw["host_mac"]), pod_mac=mac_str(raw["pod_mac"])))  # type: ignore[arg-type]
+    if out.pod_eni_mode != "ebpf":
         for att in StateStore(conf.state_dir, conf.name).all():
             if att.pod_eni:
-                out["redirects"] += eni_routing_rows(att)
-    with IPRoute() as ipr, contextlib.suppress(CniError):
-        uplink, idx, node_ip = resolve_uplink(conf, ipr)
-        out["uplink"], out["nodeIP"] = uplink, str(node_ip)
-        out["nodeIPv6"] = str(resolve_node_ip6(conf, ipr, idx) or "")
-        out["filters"][uplink] = {dr: tc.filters(ipr, idx, dr)  # type: ignore[arg-type]
-                                  for dr in ("ingress", "egress")}
+                out.redirects += eni_routing_rows(att)
+    with Rtnl() as rt, contextlib.suppress(CniError):
+        node = discover(conf, rt)
+        out.uplink, out.node_ip, out.node_ip6 = node.uplink, str(node.ip4), str(node.ip6 or "")
+        out.filters[node.uplink] = {dr: tc.filters(rt, node.index, dr)  # type: ignore[arg-type]
+                                    for dr in ("ingress", "egress")}
     return out
 
 
-def _nat_row(fam: _Family, k: Any, v: Any, now: int) -> dict[str, Any]:
-    return {"proto": PROTOS.get(k.proto, str(k.proto)),
-            "pod": fam.endpoint(k.saddr, k.sport), "dst": fam.endpoint(k.daddr, k.dport),
-            "nat": fam.endpoint(v.addr, v.port),
-            "idleSeconds": round(max(0, now - v.last_used) / 1e9, 1)}
+def _nat_row(fam: _Family, k: Any, v: Any, now: int) -> NatFlow:
+    return NatFlow(proto=PROTOS.get(k.proto, str(k.proto)), pod=fam.endpoint(k.saddr, k.sport),
+                   dst=fam.endpoint(k.daddr, k.dport), nat=fam.endpoint(v.addr, v.port),
+                   idle_seconds=round(max(0, now - v.last_used) / 1e9, 1))
 
 
 def _ifname(index: int) -> str:

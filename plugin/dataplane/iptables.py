@@ -14,10 +14,8 @@ IPv6 the same through ip6tables when the node has an IPv6 source (nodeIPv6, an I
 the uplink's global address); without one the chain only RETURNs: IPv6 is routed. ICMPv6 keeps
 its echo id (ip6tables takes no port range for it).
 
-Pod-ENI redirection by policy routing (IPv4, as the eBPF redirect): per ENI a route table
-TABLE_BASE + ENI ifindex holding `default via <gw> dev <eni> onlink` and a /32 to each of its
-pods' host veths; rules `from <pod> to <pod CIDR> lookup main` (pod-to-pod stays local),
-`from <pod> lookup <table>` and `iif <eni> lookup <table>`.
+Pod-ENI redirection by policy routing (IPv4, as the eBPF redirect): plugin/dataplane/
+eni_routing.py.
 
 Rules go in with iptables-restore --noflush (one atomic batch per family, argv only), in the
 back end (nft or legacy) that already holds ferry's chain, else the one holding rules, else
@@ -27,7 +25,6 @@ what `iptables` is. A flock in the state dir serialises ferry's own read-modify-
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import hashlib
 import ipaddress
@@ -40,12 +37,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-
 from plugin.config import NetConf
-from plugin.dataplane import nat_summary, resync
-from plugin.dataplane.ebpf import resolve_node_ip6, resolve_uplink
+from plugin.dataplane.base import Inspection, NatFlow, PodEntry, nat_summary, resync
+from plugin.dataplane.eni_routing import (
+    attach_eni_routing,
+    detach_eni_routing,
+    eni_routing_rows,
+)
+from plugin.dataplane.node import NodeAddrs, discover
 from plugin.log import log
 from plugin.protocol import CniError, Code
 from plugin.rtnl import ifindex
@@ -55,9 +54,6 @@ PREFIX = "FERRY-"
 NODE_CHAIN = "FERRY-POSTROUTING"
 CHAIN_LEN = 28  # iptables' limit is 28 usable characters (the AWS egress plugin's cut too)
 BACKENDS = ("nft", "legacy")
-TABLE_BASE = 0xF3E000  # per-ENI route tables: base + ENI ifindex
-PRIO_POD_CIDR, PRIO_FROM, PRIO_IIF = 3900, 3901, 3902  # ahead of main (32766)
-MAIN = 254
 # randomizeSNAT as the AWS egress plugin writes it: the SNAT target's port flag.
 RANDOMIZE = {"prng": " --random-fully", "hashrandom": " --random", "none": ""}
 NODE_RECORD = "iptables.node"  # not *.json: StateStore.all() reads those as attachments
@@ -178,25 +174,12 @@ def _locked(conf: NetConf) -> Iterator[None]:
 # --- node level ---------------------------------------------------------------------------
 
 
-@dataclass
-class NodeAddrs:
-    uplink: str
-    ip4: ipaddress.IPv4Address
-    ip6: ipaddress.IPv6Address | None
-
-
-def node_addrs(conf: NetConf) -> NodeAddrs:
-    with IPRoute() as ipr:
-        uplink, idx, ip4 = resolve_uplink(conf, ipr)
-        return NodeAddrs(uplink, ip4, resolve_node_ip6(conf, ipr, idx))
-
-
 def probe(conf: NetConf) -> tuple[bool, str]:
     """Can this node SNAT `conf`'s pods with iptables? (ok, why)"""
     if not any(Backend(n).available() for n in BACKENDS):
         return False, "no iptables-restore (nft or legacy) installed"
     try:
-        addrs = node_addrs(conf)
+        addrs = discover(conf)
     except CniError as e:
         return False, f"no SNAT target: {e.msg}"
     return True, f"uplink {addrs.uplink}, node IP {addrs.ip4}"
@@ -277,11 +260,7 @@ class Iptables:
     name = "iptables"
 
     def load(self, conf: NetConf, cflags: tuple[str, ...] = ()) -> dict[str, Any]:
-        from plugin.dataplane.ebpf import unload_node
-
-        # Switching modes: the eBPF filters would SNAT the same packets a second time.
-        ebpf_left = unload_node(conf)
-        addrs = node_addrs(conf)
+        addrs = discover(conf)
         with _locked(conf):
             backend = detect_backend()
             for version in (4, 6):
@@ -295,8 +274,7 @@ class Iptables:
         summary = {"network": conf.name, "dataplane": self.name, "backend": backend.name,
                    "chain": NODE_CHAIN, "uplink": addrs.uplink, "nodeIP": str(addrs.ip4),
                    "nodeIPv6": str(addrs.ip6 or ""), "snatPorts": f"{low}-{high}",
-                   "synced": synced, "ebpfRemoved": bool(ebpf_left["removedPins"]
-                                                         or ebpf_left["detached"])}
+                   "synced": synced}
         log.info("iptables dataplane loaded", extra=summary)
         return summary
 
@@ -349,47 +327,46 @@ class Iptables:
         return nat_summary(rows, capacity=_conntrack_max(),
                            alloc_failures={"ipv4": failed, "ipv6": 0})
 
-    def inspect(self, conf: NetConf) -> dict[str, Any]:
-        out: dict[str, Any] = {"network": conf.name, "dataplane": self.name, "loaded": False,
-                               "pods": [], "nat": [], "redirects": [], "filters": {},
-                               "rules": {}}
+    def inspect(self, conf: NetConf) -> Inspection:
+        out = Inspection(network=conf.name, dataplane=self.name, rules={})
         try:
             backend = detect_backend()
         except CniError:
             return out
-        out["backend"] = backend.name
+        out.backend = backend.name
         records = {ip.split("/")[0]: att for att in StateStore(conf.state_dir, conf.name).all()
                    for ip in att.ips}
         for version in (4, 6):
             table = NatTable.parse(backend.save(version))
-            out["loaded"] = out["loaded"] or NODE_CHAIN in table.chains
+            out.loaded = out.loaded or NODE_CHAIN in table.chains
             mine = table.of_network(conf.name)
-            out["rules"][f"v{version}"] = mine
+            out.rules[f"v{version}"] = mine  # type: ignore[index]
             for r in table.rules.get(NODE_CHAIN, []):
                 if r in mine:
                     ip = r.split()[r.split().index("-s") + 1].split("/")[0]
                     att = records.get(ip)
                     dev = att.host_veth if att else ""
-                    out["pods"].append({"ip": ip, "device": dev, "ifindex": _ifindex(dev),
-                                        "podENI": bool(att and att.pod_eni), "chain":
-                                        r.split()[-1]})
-        pod_ips = {p["ip"] for p in out["pods"]}
-        out["nat"] = [{k: v for k, v in row.items() if k not in ("tuple", "state")}
-                      for row in _conntrack(conf)
-                      if row["pod"].rpartition(":")[0].strip("[]") in pod_ips]
-        out["natStats"] = self.nat_stats(conf)
+                    out.pods.append(PodEntry(ip=ip, device=dev, ifindex=(ifindex(dev) or 0),
+                                             pod_eni=bool(att and att.pod_eni),
+                                             chain=r.split()[-1]))
+        pod_ips = {p.ip for p in out.pods}
+        out.nat = [NatFlow(proto=row["proto"], pod=row["pod"], dst=row["dst"], nat=row["nat"],
+                           idle_seconds=row["idleSeconds"])
+                   for row in _conntrack(conf)
+                   if row["pod"].rpartition(":")[0].strip("[]") in pod_ips]
+        out.nat_stats = self.nat_stats(conf)
         with contextlib.suppress(CniError):
-            addrs = node_addrs(conf)
-            out["uplink"], out["nodeIP"] = addrs.uplink, str(addrs.ip4)
-            out["nodeIPv6"] = str(addrs.ip6 or "")
+            addrs = discover(conf)
+            out.uplink, out.node_ip = addrs.uplink, str(addrs.ip4)
+            out.node_ip6 = str(addrs.ip6 or "")
         for att in {id(a): a for a in records.values()}.values():
             if att.pod_eni:
-                out["redirects"] += eni_routing_rows(att)
+                out.redirects += eni_routing_rows(att)
         return out
 
     def attach(self, conf: NetConf, att: Attachment) -> None:
         try:
-            addrs = node_addrs(conf)
+            addrs = discover(conf)
             with _locked(conf):
                 backend = detect_backend()
                 for version, ips in _split_ips(att.ips).items():
@@ -455,12 +432,6 @@ def _drop_empty_nft_table(backend: Backend, version: int) -> None:
     family = "ip" if version == 4 else "ip6"
     subprocess.run(["nft", "delete", "table", family, "nat"], capture_output=True, check=False)
 
-
-def _ifindex(dev: str) -> int:
-    try:
-        return socket.if_nametoindex(dev) if dev else 0
-    except OSError:
-        return 0
 
 
 # --- conntrack (the NAT state of this dataplane) ------------------------------------------
@@ -551,12 +522,16 @@ def _conntrack_max() -> int:
 def _forget(rows: Iterable[dict[str, Any]]) -> int:
     """Delete the conntrack entries of `rows` (from _conntrack) over netlink; how many went.
     One socket per family: ctnetlink takes the family from the socket, not the tuple."""
-    from pyroute2 import Conntrack
-    from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
-
     by_family: dict[int, list[dict[str, Any]]] = {}
     for row in rows:
         by_family.setdefault(row["tuple"]["family"], []).append(row["tuple"])
+    if not by_family:
+        return 0  # the common DEL: no flow to forget, no pyroute2 import (~0.26 s standalone)
+    # ctnetlink: node-level NAT state, the one netlink family plugin/rtnl.py does not speak.
+    from pyroute2 import Conntrack
+    from pyroute2.netlink.exceptions import NetlinkError
+    from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
+
     gone = 0
     for family, tuples in by_family.items():
         with Conntrack(nfgen_family=family) as ct:
@@ -565,93 +540,3 @@ def _forget(rows: Iterable[dict[str, Any]]) -> int:
                     ct.entry("del", tuple_orig=NFCTAttrTuple(**t))
                     gone += 1
     return gone
-
-
-# --- pod ENI: policy routing --------------------------------------------------------------
-
-
-def _eni_table(device: str) -> tuple[int, int]:
-    found = ifindex(device)
-    if found is None:
-        raise CniError(Code.INVALID_CONFIG, f"pod ENI device {device} does not exist",
-                       "podENI.device must name a device in the node's namespace")
-    return found, TABLE_BASE + found
-
-
-def _eni_rules(conf: NetConf, att: Attachment, ip: str, table: int) -> list[dict[str, Any]]:
-    rules: list[dict[str, Any]] = [
-        {"priority": PRIO_POD_CIDR, "src": ip, "src_len": 32, "dst": str(n.network_address),
-         "dst_len": n.prefixlen, "table": MAIN} for n in conf.pod_cidrs if n.version == 4]
-    rules.append({"priority": PRIO_FROM, "src": ip, "src_len": 32, "table": table})
-    return rules
-
-
-def attach_eni_routing(conf: NetConf, att: Attachment) -> None:
-    assert att.pod_eni is not None
-    gateway = att.pod_eni.get("gateway")
-    with IPRoute() as ipr:
-        eni_idx, table = _eni_table(att.pod_eni["device"])
-        host = ifindex(att.host_veth)
-        if host is None:
-            raise CniError(Code.INTERNAL, f"host veth {att.host_veth} is missing")
-        if gateway:
-            ipr.route("replace", dst="0.0.0.0/0", gateway=gateway, oif=eni_idx, table=table,
-                      flags=4)  # RTNH_F_ONLINK: the gateway is not in this table
-        else:
-            ipr.route("replace", dst="0.0.0.0/0", oif=eni_idx, table=table, scope=253)
-        for ip in _split_ips(att.ips)[4]:
-            ipr.route("replace", dst=f"{ip}/32", oif=host, table=table, scope=253)
-            for rule in _eni_rules(conf, att, ip, table):
-                _rule(ipr, "add", **rule)
-        _rule(ipr, "add", priority=PRIO_IIF, iifname=att.pod_eni["device"], table=table)
-
-
-def detach_eni_routing(conf: NetConf, att: Attachment) -> bool:
-    """Remove the pod's rules and /32; the ENI's own rule and default route go with its last
-    pod. True if anything was removed."""
-    assert att.pod_eni is not None
-    removed = False
-    with IPRoute() as ipr:
-        found = ifindex(att.pod_eni["device"])
-        tables = {TABLE_BASE + found} if found is not None else set()
-        # The device may be gone: find its table from the pod's own rule.
-        ips = _split_ips(att.ips)[4]
-        for r in ipr.get_rules(family=socket.AF_INET, priority=PRIO_FROM):
-            if r.get_attr("FRA_SRC") in ips:
-                tables.add(r.get_attr("FRA_TABLE"))
-        for table in tables:
-            for ip in ips:
-                for rule in _eni_rules(conf, att, ip, table):
-                    removed |= _rule(ipr, "del", **rule)
-                with contextlib.suppress(NetlinkError):  # scope: the kernel matches it on del
-                    ipr.route("del", dst=f"{ip}/32", table=table, scope=253)
-                    removed = True
-            left = [r for r in ipr.get_routes(family=socket.AF_INET, table=table)
-                    if r["dst_len"] == 32 and r.get_attr("RTA_TABLE") == table]
-            if not left:
-                removed |= _rule(ipr, "del", priority=PRIO_IIF, iifname=att.pod_eni["device"],
-                                 table=table)
-                for scope in (0, 253):  # via the gateway, or on-link without one
-                    with contextlib.suppress(NetlinkError):
-                        ipr.route("del", dst="0.0.0.0/0", table=table, scope=scope)
-    return removed
-
-
-def _rule(ipr: IPRoute, cmd: str, **kw: Any) -> bool:
-    """Add or delete one IPv4 rule; True if it changed something (EEXIST/ENOENT: no)."""
-    try:
-        ipr.rule(cmd, family=socket.AF_INET, **kw)
-    except NetlinkError as e:
-        if e.code in (errno.EEXIST, errno.ENOENT):
-            return False
-        raise
-    return True
-
-
-def eni_routing_rows(att: Attachment) -> list[dict[str, Any]]:
-    assert att.pod_eni is not None
-    return [{"ip": ip, "hostVeth": att.host_veth, "eni": att.pod_eni["device"],
-             "gateway": att.pod_eni.get("gateway") or "", "hostMAC": "", "podMAC": "",
-             "table": TABLE_BASE + _ifindex(att.pod_eni["device"])}
-            for ip in _split_ips(att.ips)[4]
-            if _ifindex(att.pod_eni["device"])]

@@ -86,7 +86,7 @@ def write_conflist(tmp: Path) -> Path:
 @pytest.mark.parametrize("patch, entry, argv", [
     ("import site; site.main()\nimport plugin.agent.daemon as d\nd.Agent.run = boom",
      "from plugin.agent.daemon import main\nmain()", ["--metrics", "off"]),
-    ("import site; site.main()\nimport plugin.dataplane as dp\ndp.select = boom",
+    ("import site; site.main()\nimport plugin.dataplane.mode as dp\ndp.choose = boom",
      "from plugin.ctl import run\nrun()", ["inspect"]),
 ], ids=["ferryd", "ferryctl"])
 def test_daemon_and_ctl_print_one_line_and_exit_1(tmp_path: Path, patch: str, entry: str,

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from plugin.config import NetConf, parse
-from plugin.dataplane import nat_summary
+from plugin.dataplane.base import nat_summary
 from plugin.dataplane.iptables import RANDOMIZE
 from plugin.protocol import CniError
 
