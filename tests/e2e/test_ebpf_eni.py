@@ -5,6 +5,8 @@ filters behind it are checked by the eBPF-only test."""
 
 from __future__ import annotations
 
+import json
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -114,3 +116,33 @@ def test_missing_redirect_helper_routes_pod_enis_and_says_why(en: DataplaneNode)
     assert f"from {pod_ip} lookup" in node.ns.ip("rule", "show")
     en.node.cni("DEL", pod, en.conf).ok()
     assert f"from {pod_ip} " not in node.ns.ip("rule", "show")
+
+
+def test_pod_eni_add_and_del_use_one_netlink_layer(en: DataplaneNode) -> None:
+    """A pod-ENI pod's standalone ADD and DEL (wiring, the dataplane's attach and detach, node
+    discovery) speak netlink through plugin/rtnl.py only: the process never imports pyroute2.
+    The record keeps the MACs wiring made, and the eBPF redirect carries those."""
+    node = en.node
+    seen = node.tmp / "pyroute2-imported"
+    wrapper = node.tmp / "ferry-watched"
+    wrapper.write_text(
+        f"#!{sys.executable} -I\nimport atexit, sys\n"
+        f"atexit.register(lambda: open({str(seen)!r}, 'a').write("
+        "str('pyroute2' in sys.modules) + '\\n'))\n"
+        "from plugin.cli import main\nmain()\n")
+    wrapper.chmod(0o700)
+    conf = {**en.conf, "agentSocket": str(node.tmp / "no-agent.sock"),
+            "runtimeConfig": {"podENI": {"device": "eni1", "gateway": ENI_GW}}}
+    pod = node.new_pod("one-layer")
+    pod.result = node.cni("ADD", pod, conf, plugin=str(wrapper)).ok()
+    host_itf, pod_itf = pod.result["interfaces"][:2]
+    [record] = (node.tmp / "state" / node.network).glob("*.json")
+    saved = json.loads(record.read_text())
+    assert (saved["host_mac"], saved["pod_mac"]) == (host_itf["mac"], pod_itf["mac"])
+    info = en.inspect()
+    [redirect] = info["redirects"]
+    if info.get("podENIMode") == "ebpf":  # eBPF's redirect map holds MACs; routing has none
+        assert (redirect["hostMAC"], redirect["podMAC"]) == (host_itf["mac"], pod_itf["mac"])
+    node.cni("DEL", pod, conf, plugin=str(wrapper)).ok()
+    assert en.inspect()["redirects"] == []
+    assert seen.read_text().split() == ["False", "False"]

@@ -7,6 +7,7 @@ import errno
 import ipaddress
 import json
 import os
+import socket
 from collections.abc import Iterator
 
 import pytest
@@ -120,3 +121,102 @@ def test_namespace_socket_stays_in_its_namespace() -> None:
     with pair() as (_host, _pod, _host_nl, pod_nl, _fd):
         assert os.readlink("/proc/thread-self/ns/net") == before
         assert {link.name for link in pod_nl.links()} == {"lo"}
+
+
+def test_policy_rules_and_routes_in_a_numbered_table() -> None:
+    """What pod-ENI policy routing sends: rules by source, destination and input device,
+    routes in a table above 255 (RTA_TABLE / FRA_TABLE), on-link gateway, deletes by scope."""
+    with pair() as (host, _pod, host_nl, _pod_nl, fd):
+        host_nl.add_veth("rtA", "rtB", fd, 1500)
+        a = host_nl.link("rtA")
+        assert a is not None
+        host_nl.set_link(a.index, up=True)
+        table, pod_ip = 0xF3E000 + a.index, "10.9.0.5"
+        cidr = ipaddress.IPv4Network("10.9.0.0/16")
+        assert host_nl.rule(True, 3900, 254, src=pod_ip, dst=cidr)
+        assert host_nl.rule(True, 3901, table, src=pod_ip)
+        assert host_nl.rule(True, 3902, table, iifname="rtA")
+        assert not host_nl.rule(True, 3901, table, src=pod_ip)  # there already: no duplicate
+        shown = {r["priority"]: r for r in ip_json(host, "rule", "show")}
+        assert shown[3900]["src"] == pod_ip and shown[3900]["dst"] == "10.9.0.0"
+        assert shown[3900]["dstlen"] == 16 and shown[3900]["table"] == "main"
+        assert shown[3901]["table"] == str(table) and shown[3902]["iif"] == "rtA"
+        assert {(r.priority, r.src, r.table) for r in host_nl.rules()} >= {
+            (3900, pod_ip, 254), (3901, pod_ip, table), (3902, None, table)}
+
+        default = ipaddress.IPv4Network("0.0.0.0/0")
+        host_nl.add_route(default, a.index, 0, 4, ipaddress.IPv4Address("10.77.0.1"),
+                          replace=True, table=table, onlink=True)
+        host_nl.add_route(ipaddress.IPv4Network(f"{pod_ip}/32"), a.index, 253, 4,
+                          replace=True, table=table)
+        text = host.ip("route", "show", "table", str(table))
+        assert "default via 10.77.0.1 dev rtA proto static onlink" in text
+        assert f"{pod_ip} dev rtA proto static scope link" in text
+        assert {r.dst for r in host_nl.routes(table)} == {"0.0.0.0/0", f"{pod_ip}/32"}
+        assert not host_nl.del_route(ipaddress.IPv4Network(f"{pod_ip}/32"), table, 0)  # scope
+        assert host_nl.del_route(ipaddress.IPv4Network(f"{pod_ip}/32"), table, 253)
+        assert host_nl.del_route(default, table, 0)
+        assert host.ip("route", "show", "table", str(table)) == ""
+
+        for prio, rtable, kw in ((3900, 254, {"src": pod_ip, "dst": cidr}),
+                                 (3901, table, {"src": pod_ip}),
+                                 (3902, table, {"iifname": "rtA"})):
+            assert host_nl.rule(False, prio, rtable, **kw)  # type: ignore[arg-type]
+            assert not host_nl.rule(False, prio, rtable, **kw)  # type: ignore[arg-type]
+        assert not {3900, 3901, 3902} & {r["priority"] for r in ip_json(host, "rule", "show")}
+
+
+def test_clsact_and_direct_action_bpf_filters() -> None:
+    """The tc requests of the eBPF dataplane: clsact, a named direct-action cls_bpf filter
+    at ferry's preference (replaced in place), listing, deleting, and the qdisc's removal."""
+    from loader import syscall
+    from plugin.dataplane import tc
+
+    prog = syscall.prog_load(syscall.ProgSpec(
+        "rt_pass", bytes([0xB7, 0, 0, 0, 0, 0, 0, 0, 0x95, 0, 0, 0, 0, 0, 0, 0])))  # r0 = 0
+    try:
+        with pair() as (host, _pod, host_nl, _pod_nl, fd):
+            host_nl.add_veth("rtA", "rtB", fd, 1500)
+            idx = host_nl.link("rtA").index  # type: ignore[union-attr]
+            assert tc.ensure_clsact(host_nl, idx) and not tc.ensure_clsact(host_nl, idx)
+            assert "qdisc clsact" in host.run("tc", "qdisc", "show", "dev", "rtA")
+            for _ in range(2):  # the second one replaces the first
+                host_nl.replace_bpf_filter(idx, tc.PARENT["ingress"], tc.PREF, tc.HANDLE,
+                                           prog, "rt_pass")
+            shown = host.run("tc", "filter", "show", "dev", "rtA", "ingress")
+            assert shown.count("handle 0x1") == 1 and f"pref {tc.PREF}" in shown
+            assert "rt_pass" in shown and "direct-action" in shown and "protocol all" in shown
+            assert tc.filters(host_nl, idx, "ingress") == ["rt_pass"]
+            assert tc.filters(host_nl, idx, "egress") == []
+            tc.drop_clsact_if_empty(host_nl, idx)  # a filter is left: the qdisc stays
+            assert "clsact" in host.run("tc", "qdisc", "show", "dev", "rtA")
+            assert tc.detach(host_nl, idx, "ingress") and not tc.detach(host_nl, idx, "ingress")
+            assert "rt_pass" not in host.run("tc", "filter", "show", "dev", "rtA", "ingress")
+            tc.drop_clsact_if_empty(host_nl, idx)
+            assert "clsact" not in host.run("tc", "qdisc", "show", "dev", "rtA")
+            assert tc.filters(host_nl, 999999, "ingress") == []  # no such device
+    finally:
+        os.close(prog)
+
+
+def test_address_dump_and_default_route_device() -> None:
+    """What node discovery reads: every address with its scope, the default route's device."""
+    with pair() as (_host, _pod, host_nl, _pod_nl, fd):
+        host_nl.add_veth("rtA", "rtB", fd, 1500)
+        a = host_nl.link("rtA")
+        assert a is not None
+        host_nl.set_link(a.index, up=True)
+        host_nl.add_addr(a.index, ipaddress.ip_address("fe80::2"), 64, 0x02)  # scope link
+        host_nl.add_addr(a.index, ipaddress.ip_address("10.9.0.2"), 24, 0)
+        host_nl.add_addr(a.index, ipaddress.ip_address("fd09::2"), 64, 0x02)
+        assert host_nl.default_oif() is None
+        host_nl.add_route(ipaddress.IPv4Network("0.0.0.0/0"), a.index, 0, 4,
+                          ipaddress.IPv4Address("10.9.0.1"))
+        assert host_nl.default_oif() == a.index
+        mine = {(str(x.ip), x.prefixlen, x.scope) for x in host_nl.addresses()
+                if x.index == a.index}
+        assert {("10.9.0.2", 24, 0), ("fd09::2", 64, 0)} <= mine
+        assert ("fe80::2", 64, 253) in mine
+        assert all(x.ip.version == 4 for x in host_nl.addresses(socket.AF_INET))
+        assert ("127.0.0.1", 8, 254) in {(str(x.ip), x.prefixlen, x.scope)
+                                         for x in host_nl.addresses()}
