@@ -54,8 +54,23 @@ def test_an_old_scheme_record_is_found_by_its_own_attachment_only(store: StateSt
     assert [p.name for p in store.dir.iterdir()] == ["ctrA:x.y.json"]
 
 
+def test_the_macs_are_kept_and_a_record_without_them_still_loads(store: StateStore) -> None:
+    store.save(att("ctrM", host_mac="02:00:00:00:00:01", pod_mac="02:00:00:00:00:02"))
+    loaded = store.load("ctrM", "eth0")
+    assert loaded and (loaded.host_mac, loaded.pod_mac) == ("02:00:00:00:00:01",
+                                                            "02:00:00:00:00:02")
+    path = store.dir / "ctrM:eth0.json"
+    older = {k: v for k, v in json.loads(path.read_text()).items()
+             if k not in ("host_mac", "pod_mac")}
+    path.write_text(json.dumps(older))  # as written before the MACs were kept
+    loaded = store.load("ctrM", "eth0")
+    assert loaded and (loaded.host_mac, loaded.pod_mac) == ("", "")
+    assert store.quarantined() == []
+
+
 @pytest.mark.parametrize(("fields", "reason"), [
     ({"ips": ["garbage"]}, "not an address"),
+    ({"pod_mac": None}, "pod_mac is NoneType"),
     ({"ips": "10.0.0.2/24"}, "ips is str"),
     ({"owner_pid": "abc"}, "owner_pid is str"),
     ({"owner_pid": True}, "owner_pid is bool"),
