@@ -17,8 +17,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from pyroute2 import IPRoute
-
 from plugin.cluster import endpoints, node_name, routes
 from plugin.cluster.ipam import BlockAllocator
 from plugin.config import NetConf
@@ -65,12 +63,11 @@ class ClusterAgent:
         self._threads: list[threading.Thread] = []
 
     def _node_info(self) -> NodeInfo:
-        from plugin.dataplane.ebpf import resolve_node_ip6, resolve_uplink
+        from plugin.dataplane.node import discover
 
-        with IPRoute() as ipr:
-            _, self._uplink_idx, ip4 = resolve_uplink(self.conf, ipr)
-            ip6 = resolve_node_ip6(self.conf, ipr, self._uplink_idx)
-        return NodeInfo(name=self.name, ip4=str(ip4), ip6=str(ip6) if ip6 else None)
+        node = discover(self.conf)
+        self._uplink_idx = node.index
+        return NodeInfo(name=self.name, ip4=str(node.ip4), ip6=str(node.ip6) if node.ip6 else None)
 
     def start(self) -> None:
         if self.cluster.encap == "vxlan":
