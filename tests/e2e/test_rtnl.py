@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 from harness import Netns
 
-from plugin.rtnl import IFF_UP, NetlinkError, Rtnl
+from plugin.rtnl import IFF_UP, Link, NetlinkError, Rtnl
 
 
 @contextlib.contextmanager
@@ -30,6 +30,15 @@ def pair() -> Iterator[tuple[Netns, Netns, Rtnl, Rtnl, int]]:
         os.close(fd)
         host.delete()
         pod.delete()
+
+
+def veth_up(host_nl: Rtnl, fd: int, side: Rtnl, name: str) -> Link:
+    """The pair rtA (host) / rtB (pod), with `name` on `side` set up."""
+    host_nl.add_veth("rtA", "rtB", fd, 1500)
+    link = side.link(name)
+    assert link is not None
+    side.set_link(link.index, up=True)
+    return link
 
 
 def ip_json(ns: Netns, *args: str) -> list[dict]:
@@ -78,10 +87,7 @@ def test_group_delete_is_one_batch_and_only_the_group() -> None:
 
 def test_addresses_routes_neighbours() -> None:
     with pair() as (_host, pod, host_nl, pod_nl, fd):
-        host_nl.add_veth("rtA", "rtB", fd, 1500)
-        b = pod_nl.link("rtB")
-        assert b is not None
-        pod_nl.set_link(b.index, up=True)
+        b = veth_up(host_nl, fd, pod_nl, "rtB")
         v4, v6 = ipaddress.ip_address("10.9.0.5"), ipaddress.ip_address("fd09::5")
         gw4, gw6 = ipaddress.ip_address("10.9.0.1"), ipaddress.ip_address("fd09::1")
         pod_nl.add_addr(b.index, v4, 24, 0x200)  # IFA_F_NOPREFIXROUTE
@@ -127,10 +133,7 @@ def test_policy_rules_and_routes_in_a_numbered_table() -> None:
     """What pod-ENI policy routing sends: rules by source, destination and input device,
     routes in a table above 255 (RTA_TABLE / FRA_TABLE), on-link gateway, deletes by scope."""
     with pair() as (host, _pod, host_nl, _pod_nl, fd):
-        host_nl.add_veth("rtA", "rtB", fd, 1500)
-        a = host_nl.link("rtA")
-        assert a is not None
-        host_nl.set_link(a.index, up=True)
+        a = veth_up(host_nl, fd, host_nl, "rtA")
         table, pod_ip = 0xF3E000 + a.index, "10.9.0.5"
         cidr = ipaddress.IPv4Network("10.9.0.0/16")
         assert host_nl.rule(True, 3900, 254, src=pod_ip, dst=cidr)
@@ -202,10 +205,7 @@ def test_clsact_and_direct_action_bpf_filters() -> None:
 def test_address_dump_and_default_route_device() -> None:
     """What node discovery reads: every address with its scope, the default route's device."""
     with pair() as (_host, _pod, host_nl, _pod_nl, fd):
-        host_nl.add_veth("rtA", "rtB", fd, 1500)
-        a = host_nl.link("rtA")
-        assert a is not None
-        host_nl.set_link(a.index, up=True)
+        a = veth_up(host_nl, fd, host_nl, "rtA")
         host_nl.add_addr(a.index, ipaddress.ip_address("fe80::2"), 64, 0x02)  # scope link
         host_nl.add_addr(a.index, ipaddress.ip_address("10.9.0.2"), 24, 0)
         host_nl.add_addr(a.index, ipaddress.ip_address("fd09::2"), 64, 0x02)
