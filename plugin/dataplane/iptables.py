@@ -328,7 +328,8 @@ class Iptables:
                            alloc_failures={"ipv4": failed, "ipv6": 0})
 
     def inspect(self, conf: NetConf) -> Inspection:
-        out = Inspection(network=conf.name, dataplane=self.name, rules={})
+        rules: dict[str, list[str]] = {}
+        out = Inspection(network=conf.name, dataplane=self.name, rules=rules)
         try:
             backend = detect_backend()
         except CniError:
@@ -340,13 +341,13 @@ class Iptables:
             table = NatTable.parse(backend.save(version))
             out.loaded = out.loaded or NODE_CHAIN in table.chains
             mine = table.of_network(conf.name)
-            out.rules[f"v{version}"] = mine  # type: ignore[index]
+            rules[f"v{version}"] = mine
             for r in table.rules.get(NODE_CHAIN, []):
                 if r in mine:
                     ip = r.split()[r.split().index("-s") + 1].split("/")[0]
                     att = records.get(ip)
                     dev = att.host_veth if att else ""
-                    out.pods.append(PodEntry(ip=ip, device=dev, ifindex=(ifindex(dev) or 0),
+                    out.pods.append(PodEntry(ip=ip, device=dev, ifindex=ifindex(dev) or 0,
                                              pod_eni=bool(att and att.pod_eni),
                                              chain=r.split()[-1]))
         pod_ips = {p.ip for p in out.pods}
