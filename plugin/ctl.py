@@ -23,21 +23,14 @@ import json
 import sys
 from typing import Any
 
-from plugin.config import NetConf, load_file
+from plugin.conffile import load_file
+from plugin.config import NetConf
 from plugin.protocol import CniError
+from plugin.text import table as _table
 
 
 def read_config(path: str) -> NetConf:
     return load_file(path)[0]
-
-
-def _table(title: str, rows: list[dict[str, Any]], cols: list[str]) -> str:
-    if not rows:
-        return f"{title}: none\n"
-    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in cols}
-    line = "  ".join(c.upper().ljust(widths[c]) for c in cols)
-    body = ["  ".join(str(r.get(c, "")).ljust(widths[c]) for c in cols) for r in rows]
-    return f"{title} ({len(rows)}):\n  " + "\n  ".join([line, *body]) + "\n"
 
 
 def render(info: dict[str, Any]) -> str:

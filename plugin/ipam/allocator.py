@@ -31,6 +31,24 @@ class Rollback:
     created: list[Path]  # directories the allocation created, deepest first
 
 
+@dataclass
+class Pool:
+    """One range set's usage: addresses it can hand out, and the reservations inside it as
+    (ip, container id, ifname), by IP."""
+
+    subnets: str
+    total: int
+    reservations: list[tuple[Address, str, str]]
+
+    @property
+    def used(self) -> int:
+        return len(self.reservations)
+
+    @property
+    def free(self) -> int:
+        return self.total - self.used
+
+
 @dataclass(frozen=True)
 class Span:
     """A range with its defaults filled in, as integers for cheap iteration."""
@@ -185,6 +203,16 @@ class Allocator:
 
     def _mine(self, ip: Address) -> bool:
         return any(ip in s for spans in self.range_sets for s in spans)
+
+    def pools(self) -> list[Pool]:
+        reservations = self.store.reservations()
+        out = []
+        for spans in self.range_sets:
+            total = sum(s.end - s.start + 1 - (s.gateway in s) for s in spans)
+            mine = sorted((ip, cid, ifn) for ip, (cid, ifn) in reservations.items()
+                          if any(ip in s for s in spans))
+            out.append(Pool(", ".join(str(s.subnet) for s in spans), total, mine))
+        return out
 
     def exhausted_sets(self) -> list[str]:
         """The range sets (as text) that have no free address left."""

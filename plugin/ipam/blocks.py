@@ -25,7 +25,8 @@ from pathlib import Path
 from plugin.cluster import node_name
 from plugin.cluster.config import PoolConfig
 from plugin.config import NetConf
-from plugin.datastore import Block, Datastore, DatastoreUnavailable, shared
+from plugin.datastore import Block, Datastore, DatastoreUnavailable
+from plugin.datastore.connect import shared
 from plugin.ipam.allocator import Span, candidates, read_resolv_conf, release_invalid
 from plugin.ipam.store import Store
 from plugin.log import log
