@@ -12,9 +12,12 @@ from __future__ import annotations
 import errno
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from plugin.protocol import CniError, Code, Request, parse_request, reply_version, version_info
+
+if TYPE_CHECKING:
+    from plugin.engine import Context
 
 Handler = Callable[[Request], "dict[str, Any] | None"]
 
@@ -52,7 +55,7 @@ def unexpected(e: BaseException, stdin: bytes = b"") -> CniError:
                     f"{type(e).__name__}: {e}")
 
 
-def run(req: Request, ctx: Any = None) -> dict[str, Any] | None:
+def run(req: Request, ctx: Context | None = None) -> dict[str, Any] | None:
     """ferry's handler: the engine's commands for the request's network (in cluster mode with
     the workload-endpoint bookkeeping around them). ctx: plugin.engine.Context, what the
     process running the engine hands it (ferryd's link reaper); None standalone."""

@@ -9,12 +9,19 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import FERRY_IPAM, REF_HOST_LOCAL, Agent, Node, exec_plugin, reservation_files
+from harness import (
+    FERRY_IPAM,
+    REF_HOST_LOCAL,
+    Agent,
+    Node,
+    exec_plugin,
+    plugin_dir,
+    reservation_files,
+)
 
 VERSION = "1.0.0"  # the newest the reference v1.1.1 host-local speaks
 
@@ -23,12 +30,7 @@ VERSION = "1.0.0"  # the newest the reference v1.1.1 host-local speaks
 def delegate_path(tmp_path: Path) -> Path:
     """A CNI_PATH of its own holding the reference host-local as `refhl`: ferry builds in
     `host-local`, so only another name makes it exec the plugin."""
-    if not os.access(REF_HOST_LOCAL, os.X_OK):
-        pytest.skip("reference host-local missing")
-    d = tmp_path / "cni-bin"
-    d.mkdir()
-    (d / "refhl").symlink_to(REF_HOST_LOCAL)
-    return d
+    return plugin_dir(tmp_path, "refhl", REF_HOST_LOCAL)
 
 
 def test_reconcile_releases_the_ips_of_a_delegated_ipam_plugin(
