@@ -96,7 +96,7 @@ def add(conf: NetConf, req: Request, ctx: Context) -> dict[str, Any]:
     eni = pod_eni(conf, req.args)
     att.pod_eni = eni.model_dump(mode="json") if eni else None
     with Undo() as undo:
-        allocated, ips, links = provision(conf, req, att, states, undo)
+        allocated, ips, links = provision(conf, req, att, states, undo, ctx)
         dns = conf.dns.model_dump(exclude_defaults=True) if conf.dns else allocated.dns
         result = Result(interfaces=[links.host, links.container], ips=ips,
                         routes=wiring.result_routes(ips, allocated.routes), dns=dns)
@@ -106,8 +106,8 @@ def add(conf: NetConf, req: Request, ctx: Context) -> dict[str, Any]:
         return out
 
 
-def provision(conf: NetConf, req: Request, att: Attachment, states: StateStore,
-              undo: Undo) -> tuple[Result, list[IPConfig], wiring.PodLinks]:
+def provision(conf: NetConf, req: Request, att: Attachment, states: StateStore, undo: Undo,
+              ctx: Context) -> tuple[Result, list[IPConfig], wiring.PodLinks]:
     """Record, IP, veth pair and dataplane state of one attachment, each step pushing its
     inverse on `undo` (the caller unwinds on failure). Shared by ferry's ADD and ferry-egress's
     (which passes its own req.ifname, the egress interface)."""
@@ -128,7 +128,8 @@ def provision(conf: NetConf, req: Request, att: Attachment, states: StateStore,
     tag = owner(states, att)
     links = wiring.setup(req.netns, req.ifname, att.host_veth, tag, conf.mtu, ips,
                          allocated.routes, replaceable=older_sandbox(states, att))
-    undo.push(lambda: wiring.teardown(att.netns, att.ifname, att.host_veth, tag, True))
+    undo.push(lambda: wiring.teardown(att.netns, att.ifname, att.host_veth, tag, True,
+                                      ctx.reap))
 
     dataplane = select(conf)
     dataplane.attach(conf, att)  # a failed attach has undone itself

@@ -82,7 +82,7 @@ def add(conf: EgressConf, req: Request, ctx: Context) -> dict[str, Any]:
     store = states(conf)
     att = new_attachment(conf, ereq, store)
     with Undo() as undo:
-        allocated, ips, links = provision(conf, ereq, att, store, undo)
+        allocated, ips, links = provision(conf, ereq, att, store, undo, ctx)
         # The record keeps the egress interface's own result: CHECK compares against it.
         own = Result(interfaces=[links.host, links.container], ips=ips,
                      routes=wiring.result_routes(ips, allocated.routes))

@@ -18,6 +18,7 @@ from plugin.config import IPAMConfig, IPRange
 from plugin.ipam.store import Store
 from plugin.paths import missing_dirs, remove_empty
 from plugin.protocol import Address, CniError, Code, IPConfig, Result, Route
+from plugin.undo import Undo
 
 
 @dataclass
@@ -129,7 +130,9 @@ class Allocator:
             pointers = {idx: store.last_reserved_text(idx)
                         for idx in range(len(self.range_sets))}
             held = store.owned_by(container_id, ifname)
-            try:
+            with Undo() as undo:  # the IPs taken so far (ips grows), under the same lock
+                undo.push(lambda: self._undo(store, Rollback(container_id, ifname, ips,
+                                                             pointers, created)))
                 for idx, spans in enumerate(self.range_sets):
                     if any(ip in s for ip in held for s in spans):
                         raise CniError(Code.IP_UNAVAILABLE, "duplicate allocation is not allowed",
@@ -147,9 +150,6 @@ class Allocator:
                 if unmatched:
                     raise CniError(Code.IP_UNAVAILABLE, "requested IP is not in any range",
                                    ", ".join(map(str, unmatched)))
-            except BaseException:
-                self._undo(store, Rollback(container_id, ifname, ips, pointers, created))
-                raise
         result = Result(ips=ips, routes=[Route(dst=r.dst, gw=r.gw) for r in self.conf.routes],
                         dns=dns)
         return result, Rollback(container_id, ifname, ips, pointers, created)
