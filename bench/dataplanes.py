@@ -75,7 +75,7 @@ http {{
 SIMULATE = r"""
 import ipaddress, json, sys
 sys.path.insert(0, sys.argv[1])
-from plugin.config import load_file
+from plugin.conffile import load_file
 from plugin.dataplane.mode import choose
 from plugin.state import Attachment
 conf = load_file(sys.argv[2])[0]

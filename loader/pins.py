@@ -29,7 +29,6 @@ from loader import objects, probes, syscall
 from loader.layouts import LAYOUT_VERSION, LOADERS, MAPS, PROGRAMS, Meta, c_header
 from loader.maps import PinnedMap
 
-DEFAULT_ROOT = "/sys/fs/bpf/ferry"
 # The `bpf` package holds the sources and the prebuilt objects as package data: beside loader/
 # in a checkout, in site-packages after a wheel install.
 BPF_DIR = objects.BPF_DIR

@@ -4,6 +4,9 @@ Hot path: relay the request to ferryd (plugin.relay, builtin modules only) and p
 answer. Only when no agent listens does the binary load the engine (pydantic, pyroute2)
 and do the work itself: standalone mode, slower but complete. An agent that answers with
 an error is the result: there is no silent fallback after ferryd took the request.
+Either way the request is answered by plugin.handler, as ferryd answers it. The process
+plumbing here (stdin, stdout, exit status, the last-resort error) is shared by the
+`ferry-host-local` and `ferry-egress` binaries.
 """
 
 import posix
@@ -21,53 +24,13 @@ if TYPE_CHECKING:
 STANDALONE_ENV = b"FERRY_STANDALONE"  # set to 1 to skip the agent (benchmarks, debugging)
 
 
-def respond(env: "dict[str, str]", stdin: bytes, handler: "Handler") -> "tuple[int, bytes]":
-    """One CNI invocation, env + stdin in, (exit code, stdout) out. Shared by the binaries
-    and by ferryd, so both answer every request, good or bad, the same way."""
-    import json
-
-    from plugin.protocol import CniError, parse_request, reply_version, version_info
-
-    # The config's version when ferry speaks it, also for errors found while validating.
-    version = reply_version(stdin)
-    try:
-        req = parse_request(env, stdin)
-        if req.nothing_to_delete:
-            return 0, b""
-        out = version_info() if req.command == "VERSION" else handler(req)
-        return 0, (json.dumps(out, indent=2) + "\n").encode() if out is not None else b""
-    except CniError as e:
-        err = e
-    except Exception as e:  # a bug or an unexpected kernel answer: still a CNI error
-        err = unexpected(e, stdin)
-    return 1, (json.dumps(err.to_dict(version), indent=2) + "\n").encode()
-
-
-def unexpected(e: BaseException, stdin: bytes = b"") -> "Any":
-    """The CNI error for an exception nobody expected, its traceback in the log file (never
-    on stderr). A file system call that failed (a full disk, a read-only store, a path
-    through a regular file) is the node's I/O failing: code 5, not an internal error."""
-    import errno
-
-    from plugin.log import log_unexpected
-    from plugin.protocol import CniError, Code
-    from plugin.rtnl import NetlinkError
-
-    log_unexpected(e, "unexpected failure", stdin)
-    if isinstance(e, OSError) and not isinstance(e, NetlinkError) and (
-            e.filename is not None or e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS,
-                                                  errno.EIO)):
-        return CniError(Code.IO_FAILURE, f"I/O failure: {e.strerror}", str(e))
-    return CniError(Code.INTERNAL, f"internal error: {type(e).__name__}",
-                    f"{type(e).__name__}: {e}")
-
-
 def _crash(e: BaseException, stdin: bytes) -> None:
     """Last resort of the binaries: whatever escaped becomes a CNI error, never a traceback."""
     try:
         import json
 
         _enable_site_packages()  # the log (pydantic) is needed even on the relay path
+        from plugin.handler import unexpected
         from plugin.protocol import reply_version
 
         err = unexpected(e, stdin).to_dict(reply_version(stdin))
@@ -94,6 +57,8 @@ def serve(handler: "Handler") -> None:
     try:
         stdin = _read_stdin()
         _enable_site_packages()
+        from plugin.handler import respond
+
         reply = respond(_environ(), stdin, handler)
     except Exception as e:
         _crash(e, stdin)
@@ -117,9 +82,9 @@ def _enable_site_packages() -> None:
 
 
 def _engine(req: "Any") -> "dict[str, Any] | None":
-    from plugin import engine
+    from plugin import handler
 
-    return engine.run(req)
+    return handler.run(req)
 
 
 def main() -> None:
@@ -143,6 +108,8 @@ def _relay_or_run(stdin: bytes) -> "tuple[int, bytes]":
         if reply is not None:
             return reply
     _enable_site_packages()
+    from plugin.handler import respond
+
     return respond(_environ(), stdin, _engine)
 
 

@@ -21,6 +21,7 @@ from pydantic import (
 )
 
 from plugin.cluster.config import CLUSTER_IPAM, ClusterConfig, DatastoreConfig
+from plugin.defaults import AGENT_SOCKET, BPFFS_ROOT
 from plugin.protocol import MAX_NETWORK_NAME, Address, CniError, Code, Network, Result
 
 DEFAULT_DATA_DIR = "/var/lib/cni/networks"
@@ -202,7 +203,7 @@ class NetConf(_Model):
     # flows for each of 110 pods. A full map evicts its least recently used flows (LRU).
     nat_max_entries: int = Field(65536, alias="natMaxEntries", ge=1024, le=1 << 22)
     nat_timeouts: NatTimeouts = Field(NatTimeouts(), alias="natTimeouts")
-    bpffs_root: str = Field("/sys/fs/bpf/ferry", alias="bpffsRoot")
+    bpffs_root: str = Field(BPFFS_ROOT, alias="bpffsRoot")
     # How the eBPF programs get into the kernel (loader/pins.py): the prebuilt ELF objects
     # ("elf"), bcc compiling on the node ("bcc"), or "auto": the objects when present.
     loader: Literal["auto", "elf", "bcc"] = "auto"
@@ -211,7 +212,7 @@ class NetConf(_Model):
                              max_length=15 - VETH_HASH_CHARS, pattern=r"^[a-zA-Z][a-zA-Z0-9]*$")
     state_dir: AbsolutePath = Field(DEFAULT_STATE_DIR, alias="stateDir")
     # Where ferryd listens for relayed requests (plugin.relay reads it without pydantic).
-    agent_socket: str = Field("/run/ferry/ferryd.sock", alias="agentSocket")
+    agent_socket: str = Field(AGENT_SOCKET, alias="agentSocket")
     log: LogConfig = LogConfig()
     dns: DNSConf | None = None
     prev_result: dict[str, Any] | None = Field(None, alias="prevResult")
@@ -305,33 +306,3 @@ def parse(model: type[_Model], data: dict[str, Any]) -> Any:
         raise CniError(Code.INVALID_CONFIG, f"invalid network config: {where}: {first['msg']}",
                        "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}"
                                  for x in e.errors())) from None
-
-
-def load_file(path: str, plugin_type: str | None = None) -> tuple[NetConf, dict[str, Any]]:
-    """The `plugin_type` entry of a .conf or .conflist file (default: the first ferry* entry,
-    so a conflist of the reference ptp then ferry-egress has one), with the list's name and
-    cniVersion filled in as a runtime would: (validated model, raw config)."""
-    import json
-    from pathlib import Path
-
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError, RecursionError) as e:
-        raise CniError(Code.INVALID_CONFIG, f"cannot read network config {path}", str(e)) from None
-    plugins = data.get("plugins") if isinstance(data, dict) else None
-    if not isinstance(data, dict) or (plugins is not None and not isinstance(plugins, list)):
-        raise CniError(Code.INVALID_CONFIG, f"{path} is not a network config or list")
-    if plugins is not None:
-        entry = next((p for p in plugins if isinstance(p, dict) and (
-            p.get("type") == plugin_type or
-            (plugin_type is None and str(p.get("type", "")).startswith("ferry")))), None)
-        if entry is None:
-            raise CniError(Code.INVALID_CONFIG,
-                           f"{path} has no plugin of type {plugin_type or 'ferry*'}")
-        data = {**entry, "name": data.get("name"), "cniVersion": data.get("cniVersion")}
-    model: type[NetConf] = NetConf
-    if data.get("type") == "ferry-egress":
-        from plugin.egress.config import EgressConf  # late: it builds on this module
-
-        model = EgressConf
-    return parse(model, data), data

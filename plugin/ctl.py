@@ -23,9 +23,10 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
-from plugin.config import NetConf, load_file
+from plugin.conffile import load_file
+from plugin.config import NetConf
 from plugin.protocol import CniError
-from plugin.textable import table
+from plugin.text import table
 
 if TYPE_CHECKING:
     from plugin.dataplane.base import Inspection

@@ -1,8 +1,11 @@
 """ADD, DEL, CHECK, STATUS and GC: the one implementation, run in-process by the `ferry`
-binary (standalone mode) or by the node agent on the binary's behalf.
+binary (standalone mode) or by the node agent on the binary's behalf (plugin.handler picks
+the commands and renders the answer).
 
-ADD keeps an undo stack: every step that changed the host pushes its inverse, and any failure
-unwinds the stack in reverse, so a failed ADD leaves the host as it found it.
+ADD keeps an undo stack (plugin.undo): every step that changed the host pushes its inverse,
+and any failure unwinds the stack in reverse, so a failed ADD leaves the host as it found it.
+Every removal of an attachment, DEL, GC, ferryd's reconcile and ferry-egress's DEL and GC,
+goes through one function, teardown().
 """
 
 from __future__ import annotations
@@ -11,47 +14,49 @@ import dataclasses
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from plugin import ipam, wiring
 from plugin import log as logging_setup
-from plugin.config import NetConf, parse, pod_eni
+from plugin.config import NetConf, pod_eni
 from plugin.dataplane.base import Dataplane
 from plugin.dataplane.mode import dataplane_for
+from plugin.defaults import CNI_BIN_DIR
 from plugin.log import log
 from plugin.paths import missing_dirs, remove_empty
 from plugin.protocol import CniError, Code, IPConfig, Request, Result
 from plugin.rtnl import Link, Rtnl
 from plugin.state import Attachment, StateStore, owner_tag, parse_owner_tag
-
-VALID_ATTACHMENTS = "cni.dev/valid-attachments"
-
-
-def run(req: Request) -> dict[str, Any] | None:
-    """Execute one validated request; the returned dict (if any) is printed as the result."""
-    conf: NetConf = parse(NetConf, req.config)
-    if conf.datastore is not None:  # cluster mode: workload endpoints around ADD and DEL
-        from plugin.cluster.endpoints import commands
-
-        return dispatch(commands(_COMMANDS), conf, req)
-    return dispatch(_COMMANDS, conf, req)
+from plugin.undo import Undo
 
 
-def dispatch(commands: dict[str, Callable[[Any, Request], dict[str, Any] | None]],
-             conf: NetConf, req: Request, **ctx: str) -> dict[str, Any] | None:
+@dataclass(frozen=True)
+class Context:
+    """What the process running the engine hands it, explicitly: `reap` wakes ferryd's link
+    reaper, to which teardown then hands removed veth pairs (None: it deletes them itself)."""
+
+    reap: Callable[[], None] | None = None
+
+
+Command = Callable[[Any, Request, Context], "dict[str, Any] | None"]
+
+
+def dispatch(commands: dict[str, Command], conf: NetConf, req: Request, ctx: Context,
+             **fields: str) -> dict[str, Any] | None:
     """Run req.command's handler with the log set up, and log its outcome and duration
-    (ctx: extra log fields, e.g. ferry-egress's interface)."""
+    (fields: extra log fields, e.g. ferry-egress's interface)."""
     logging_setup.setup(conf.log)
     started = time.monotonic()
-    ctx = {"cmd": req.command, "container": req.container_id, "ifname": req.ifname,
-           "network": conf.name, **pod_identity(req), **ctx}
+    fields = {"cmd": req.command, "container": req.container_id, "ifname": req.ifname,
+              "network": conf.name, **pod_identity(req), **fields}
     try:
-        out = commands[req.command](conf, req)
+        out = commands[req.command](conf, req, ctx)
     except CniError as e:
-        log.warning("%s failed: %s", req.command, e, extra={**ctx, "code": e.code})
+        log.warning("%s failed: %s", req.command, e, extra={**fields, "code": e.code})
         raise
     log.info("%s ok", req.command,
-             extra={**ctx, "ms": round((time.monotonic() - started) * 1000, 1)})
+             extra={**fields, "ms": round((time.monotonic() - started) * 1000, 1)})
     return out
 
 
@@ -86,14 +91,13 @@ def new_attachment(conf: NetConf, req: Request, states: StateStore) -> Attachmen
                       owner_pid=os.getpid())
 
 
-def add(conf: NetConf, req: Request) -> dict[str, Any]:
+def add(conf: NetConf, req: Request, ctx: Context) -> dict[str, Any]:
     states = store(conf)
     att = new_attachment(conf, req, states)
     eni = pod_eni(conf, req.args)
     att.pod_eni = eni.model_dump(mode="json") if eni else None
-    undo: list[Callable[[], None]] = []
-    try:
-        allocated, ips, links = provision(conf, req, att, states, undo)
+    with Undo() as undo:
+        allocated, ips, links = provision(conf, req, att, states, undo, ctx)
         dns = conf.dns.model_dump(exclude_defaults=True) if conf.dns else allocated.dns
         result = Result(interfaces=[links.host, links.container], ips=ips,
                         routes=wiring.result_routes(ips, allocated.routes), dns=dns)
@@ -101,22 +105,19 @@ def add(conf: NetConf, req: Request) -> dict[str, Any]:
         att.result, att.complete = out, True
         states.save(att)
         return out
-    except BaseException as failure:
-        unwind(undo, failure)
-        raise
 
 
-def provision(conf: NetConf, req: Request, att: Attachment, states: StateStore,
-              undo: list[Callable[[], None]]) -> tuple[Result, list[IPConfig], wiring.PodLinks]:
+def provision(conf: NetConf, req: Request, att: Attachment, states: StateStore, undo: Undo,
+              ctx: Context) -> tuple[Result, list[IPConfig], wiring.PodLinks]:
     """Record, IP, veth pair and dataplane state of one attachment, each step pushing its
     inverse on `undo` (the caller unwinds on failure). Shared by ferry's ADD and ferry-egress's
     (which passes its own req.ifname, the egress interface)."""
     new_dirs = missing_dirs(states.dir)
-    undo.append(lambda: remove_empty(new_dirs))  # last undone: after the record went
+    undo.push(lambda: remove_empty(new_dirs))  # last undone: after the record went
     states.save(att)
-    undo.append(lambda: states.remove(att.container_id, att.ifname))
+    undo.push(lambda: states.remove(att.container_id, att.ifname))
     allocated, release = ipam.reserve(conf, req)
-    undo.append(release)
+    undo.push(release)
     ips = [IPConfig(ip.address, ip.gateway, interface=1) for ip in allocated.ips]
     if not ips:
         raise CniError(Code.INVALID_CONFIG, "IPAM returned no IP addresses")
@@ -129,20 +130,13 @@ def provision(conf: NetConf, req: Request, att: Attachment, states: StateStore,
     links = wiring.setup(req.netns, req.ifname, att.host_veth, tag, conf.mtu, ips,
                          allocated.routes, replaceable=older_sandbox(states, att))
     att.host_mac, att.pod_mac = links.host.mac, links.container.mac
-    undo.append(lambda: wiring.teardown(att.netns, att.ifname, att.host_veth, tag, True))
+    undo.push(lambda: wiring.teardown(att.netns, att.ifname, att.host_veth, tag, True,
+                                      ctx.reap))
 
     dataplane = dataplane_for(conf)
-    dataplane.attach(conf, att)
-    undo.append(lambda: dataplane.detach(conf, att))
+    dataplane.attach(conf, att)  # a failed attach has undone itself
+    undo.push(lambda: dataplane.detach(conf, att))
     return allocated, ips, links
-
-
-def unwind(undo: list[Callable[[], None]], failure: BaseException) -> None:
-    for step in reversed(undo):
-        try:
-            step()
-        except Exception:  # keep unwinding: the original failure is what the runtime sees
-            log.exception("rollback step failed after: %s", failure)
 
 
 def older_sandbox(states: StateStore, att: Attachment) -> Callable[[Link], bool]:
@@ -173,8 +167,33 @@ def claimed_by_another(states: StateStore, att: Attachment) -> bool:
                for a in states.all())
 
 
-def unwire(conf: NetConf, states: StateStore, att: Attachment, netns: str, recorded: bool,
-           dataplane: Dataplane | None = None) -> None:
+def teardown(conf: NetConf, req: Request, att: Attachment, states: StateStore, recorded: bool,
+             ctx: Context, dataplane: Dataplane | None = None) -> None:
+    """Undo provision() whatever of it happened, each step tolerating what is already gone:
+    dataplane state, veth pair, IPs (through plugin.ipam, delegated plugins included), record.
+    The one removal of an attachment: DEL, GC, ferryd's reconcile, ferry-egress's DEL and GC.
+    req: the DEL as the IPAM sees it (a delegated plugin is exec'd with it)."""
+    _unwire(conf, states, att, req.netns or att.netns, recorded, ctx, dataplane)
+    ipam.release(conf, req)
+    states.remove(att.container_id, att.ifname)
+
+
+def del_request(att: Attachment, config: dict[str, Any], path: list[str]) -> Request:
+    """The DEL of a recorded attachment that no runtime asked for (GC, reconcile): its
+    record's ids and netns, with the network config and CNI_PATH a delegated IPAM plugin
+    is exec'd with."""
+    return Request(command="DEL", container_id=att.container_id, ifname=att.ifname,
+                   netns=att.netns, path=path, config=config)
+
+
+def cni_path() -> list[str]:
+    """CNI_PATH of the requests a process makes itself (ferryd's reconcile and gRPC calls),
+    where a delegated IPAM plugin is looked up: its own CNI_PATH, else the standard one."""
+    return (os.environ.get("CNI_PATH") or CNI_BIN_DIR).split(":")
+
+
+def _unwire(conf: NetConf, states: StateStore, att: Attachment, netns: str, recorded: bool,
+            ctx: Context, dataplane: Dataplane | None) -> None:
     """Remove att's dataplane state and veth pair, and nothing that is another attachment's:
     a host veth of att's name is att's only if it carries att's owner tag, or carries none and
     (recorded) att's own record names it or (no record) no other record does."""
@@ -189,7 +208,7 @@ def unwire(conf: NetConf, states: StateStore, att: Attachment, netns: str, recor
     # A link taken over by the pod's newer sandbox: its filters are that sandbox's now.
     (dataplane or dataplane_for(conf)).detach(conf, att if ours else
                                        dataclasses.replace(att, host_veth=""))
-    wiring.teardown(netns, att.ifname, att.host_veth, tag, untagged_ok)
+    wiring.teardown(netns, att.ifname, att.host_veth, tag, untagged_ok, ctx.reap)
 
 
 def find(conf: NetConf, req: Request, states: StateStore) -> tuple[Attachment, bool]:
@@ -201,23 +220,15 @@ def find(conf: NetConf, req: Request, states: StateStore) -> tuple[Attachment, b
                       host_veth=host_veth(conf, req)), False
 
 
-def delete(conf: NetConf, req: Request) -> None:
+def delete(conf: NetConf, req: Request, ctx: Context) -> None:
     """Tear down by the attachment record; without one, what ADD would have made, if ours."""
     states = store(conf)
     att, recorded = find(conf, req, states)
-    deprovision(conf, req, att, states, recorded)
+    teardown(conf, req, att, states, recorded, ctx)
     return None
 
 
-def deprovision(conf: NetConf, req: Request, att: Attachment, states: StateStore,
-                recorded: bool) -> None:
-    """Undo provision() whatever of it happened; each step tolerates what is already gone."""
-    unwire(conf, states, att, req.netns or att.netns, recorded)
-    ipam.release(conf, req)
-    states.remove(req.container_id, req.ifname)
-
-
-def check(conf: NetConf, req: Request) -> None:
+def check(conf: NetConf, req: Request, ctx: Context) -> None:
     prev = conf.prev()
     if prev is None:
         raise CniError(Code.INVALID_CONFIG, "CHECK needs prevResult")
@@ -236,32 +247,15 @@ def check(conf: NetConf, req: Request) -> None:
     return None
 
 
-def status(conf: NetConf, req: Request) -> None:
-    if conf.ipam.builtin:
-        from plugin.ipam.allocator import Allocator
-
-        try:
-            full = Allocator(conf.ipam, conf.name).exhausted_sets()
-        except OSError as e:
-            raise CniError(Code.NOT_AVAILABLE, "IPAM data directory is not usable",
-                           str(e)) from None
-        if full:
-            raise CniError(Code.NOT_AVAILABLE, "no free IP addresses", "; ".join(full))
+def status(conf: NetConf, req: Request, ctx: Context) -> None:
+    ipam.status(conf)
     return None
 
 
-def valid_attachments(req: Request) -> set[tuple[str, str]]:
-    """The GC request's (containerID, ifname) pairs the runtime still uses."""
-    raw = req.config.get(VALID_ATTACHMENTS) or []
-    try:
-        return {(a["containerID"], a["ifname"]) for a in raw}
-    except (TypeError, KeyError):
-        raise CniError(Code.INVALID_CONFIG, f"malformed {VALID_ATTACHMENTS}") from None
-
-
-def gc(conf: NetConf, req: Request) -> None:
-    """Remove every attachment of this network that the runtime no longer lists as valid."""
-    valid = valid_attachments(req)
+def gc(conf: NetConf, req: Request, ctx: Context) -> None:
+    """Remove every attachment of this network that the runtime no longer lists as valid,
+    then every IP reserved for one."""
+    valid = req.valid_attachments
     states = store(conf)
     dataplane = dataplane_for(conf)
     for att in states.all():
@@ -269,17 +263,13 @@ def gc(conf: NetConf, req: Request) -> None:
             continue
         log.info("gc: removing stale attachment", extra={"container": att.container_id,
                                                          "ifname": att.ifname})
-        unwire(conf, states, att, att.netns, recorded=True, dataplane=dataplane)
-        states.remove(att.container_id, att.ifname)
-    if conf.ipam.builtin:
-        from plugin.ipam.allocator import Allocator
-
-        freed = Allocator(conf.ipam, conf.name).gc(valid)
-        if freed:
-            log.info("gc: released %d IPs", len(freed), extra={"ips": [str(i) for i in freed]})
+        teardown(conf, del_request(att, req.config, req.path), att, states, True, ctx, dataplane)
+    freed = ipam.gc(conf, valid)
+    if freed:
+        log.info("gc: released %d IPs", len(freed), extra={"ips": [str(i) for i in freed]})
     return None
 
 
-_COMMANDS: dict[str, Callable[[NetConf, Request], dict[str, Any] | None]] = {
+COMMANDS: dict[str, Command] = {
     "ADD": add, "DEL": delete, "CHECK": check, "STATUS": status, "GC": gc,
 }

@@ -40,6 +40,7 @@ MAX_CONTAINER_ID = 200
 MAX_NETWORK_NAME = 200
 # A network config is a few KiB; a bound keeps one request from taking the agent's memory.
 MAX_CONFIG_BYTES = 1 << 20
+VALID_ATTACHMENTS = "cni.dev/valid-attachments"  # GC's list of attachments still in use
 
 
 class Code(IntEnum):
@@ -162,6 +163,16 @@ class Request:
     def k8s_pod(self) -> tuple[str, str] | None:
         ns, pod = self.args.get("K8S_POD_NAMESPACE"), self.args.get("K8S_POD_NAME")
         return (ns, pod) if ns and pod else None
+
+    @property
+    def valid_attachments(self) -> set[tuple[str, str]]:
+        """A GC request's (containerID, ifname) pairs the runtime still uses: parsed here
+        only, for ferry, ferry-egress and ferry-host-local alike (malformed: code 7)."""
+        raw = self.config.get(VALID_ATTACHMENTS) or []
+        try:
+            return {(a["containerID"], a["ifname"]) for a in raw}
+        except (TypeError, KeyError):
+            raise CniError(Code.INVALID_CONFIG, f"malformed {VALID_ATTACHMENTS}") from None
 
     def to_env(self) -> dict[str, str]:
         env = {"CNI_COMMAND": self.command, "CNI_CONTAINERID": self.container_id,

@@ -1,7 +1,8 @@
 """The CNI binary's hot path: hand the request to ferryd over its unix socket.
 
-Imports only builtin C modules (`_socket` and `posix`: no `socket`, no `os`, no `json`): every
-millisecond of interpreter start-up is paid per pod, and `os` alone costs ~1.7 ms, `json` ~10.
+Imports only builtin C modules (`_socket` and `posix`: no `socket`, no `os`, no `json`), and
+plugin.defaults, which imports nothing: every millisecond of interpreter start-up is paid per
+pod, and `os` alone costs ~1.7 ms, `json` ~10.
 Wire format, both ways length-prefixed:
   request  = u32 length | "KEY=VALUE" CNI_* variables joined by NUL | NUL NUL | stdin bytes
   reply    = u32 length | u8 exit code | stdout bytes
@@ -10,7 +11,8 @@ Wire format, both ways length-prefixed:
 import _socket
 import posix
 
-DEFAULT_SOCKET = "/run/ferry/ferryd.sock"
+from plugin.defaults import AGENT_SOCKET as DEFAULT_SOCKET
+
 DEFAULT_TIMEOUT_S = 60.0
 ENV_PREFIX = b"CNI_"
 SOCKET_KEY = b'"agentSocket"'

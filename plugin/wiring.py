@@ -9,10 +9,11 @@ Host side: the veth named <prefix><hash>, up, DAD off, and a /32 (/128) route to
 The process runs in the host (node) network namespace; the pod's is opened by path.
 
 Removing a pair is the one slow step (~20-30 ms of RCU grace periods in the kernel, not CPU
-and not under the RTNL lock). The node agent therefore defers it (defer_link_removal): DEL
-takes the host veth down, which flushes the pod's routes and cuts its traffic at once, and
-moves it to REAP_GROUP; the agent's reaper then deletes the whole group in one batch. The
-AWS VPC CNI does not delete the pair at all and leaves it to the netns teardown.
+and not under the RTNL lock). The node agent therefore defers it (teardown's `reap`, which the
+engine gets from ferryd): DEL takes the host veth down, which flushes the pod's routes and
+cuts its traffic at once, and moves it to REAP_GROUP; the agent's reaper then deletes the
+whole group in one batch. The AWS VPC CNI does not delete the pair at all and leaves it to
+the netns teardown.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pathlib import Path
 from plugin.config import VETH_HASH_CHARS
 from plugin.protocol import Address, CniError, Code, Interface, IPConfig, Result, Route
 from plugin.rtnl import IFF_UP, Link, NetlinkError, Rtnl
+from plugin.undo import Undo
 
 IFA_F_NODAD = 0x02
 IFA_F_NOPREFIXROUTE = 0x200
@@ -59,16 +61,6 @@ def host_veth_name(prefix: str, container_id: str, ifname: str,
 class PodLinks:
     host: Interface
     container: Interface
-
-
-_reap_later: Callable[[], None] | None = None
-
-
-def defer_link_removal(wake: Callable[[], None] | None) -> None:
-    """From now on teardown() leaves removed pairs in REAP_GROUP and calls `wake` (the
-    agent's reaper); None restores immediate deletion (standalone binaries)."""
-    global _reap_later
-    _reap_later = wake
 
 
 @contextlib.contextmanager
@@ -128,14 +120,11 @@ def setup(netns_path: str, ifname: str, host_veth: str, owner: str, mtu: int,
         host.add_veth(host_veth, ifname, pod_fd, mtu)
         host_link = host.link(host_veth)
         assert host_link is not None
-        try:
+        with Undo() as undo:
+            # Deleting one end removes the pair, wherever the peer is.
+            undo.push(lambda: ignore_gone(host.del_link, host_link.index))
             host.set_link(host_link.index, up=False, alias=owner)
             return _configure(pod, host, netns_path, ifname, host_link, mtu, ips, routes)
-        except BaseException:
-            # Deleting one end removes the pair, wherever the peer is.
-            with contextlib.suppress(Exception):
-                ignore_gone(host.del_link, host_link.index)
-            raise
 
 
 def _configure(pod: Rtnl, host: Rtnl, netns_path: str, ifname: str, host_link: Link,
@@ -232,20 +221,21 @@ def owned(link: Link, owner: str, untagged_ok: bool) -> bool:
 
 
 def teardown(netns_path: str, ifname: str, host_veth: str, owner: str,
-             untagged_ok: bool) -> bool:
+             untagged_ok: bool, reap: Callable[[], None] | None = None) -> bool:
     """Remove the attachment's pair; each step tolerates what is already gone (DEL is
     idempotent). A link of that name owned by another attachment (the pod's newer sandbox)
-    is left alone. True if the host end was ours (removed or handed to the reaper)."""
+    is left alone. True if the host end was ours (removed or handed to the reaper).
+    reap: ferryd's reaper's wake-up; the pair is then left in REAP_GROUP for it to delete."""
     with Rtnl() as host:
         link = host.link(host_veth)
         if link is not None and owned(link, owner, untagged_ok):
-            if _reap_later is None:
+            if reap is None:
                 ignore_gone(host.del_link, link.index)
             else:
                 # Down flushes the routes through it and cuts the pod off; the pair goes in
                 # the reaper's next batch (the pod's end with it).
                 ignore_gone(host.set_link, link.index, False, REAP_GROUP)
-                _reap_later()
+                reap()
             return True
     # No host end of ours (a half-done ADD, or a newer sandbox took the name over): the
     # pod's end may still be in this attachment's own netns.

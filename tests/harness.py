@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 CNI_PATH = os.environ.get("FERRY_CNI_PATH", "/opt/cni/bin")
 FERRY = f"{CNI_PATH}/ferry"
 FERRY_IPAM = f"{CNI_PATH}/ferry-host-local"
@@ -232,6 +234,17 @@ class Node:
         shutil.rmtree(f"/sys/fs/bpf/ferry/{self.network}", ignore_errors=True)
         with contextlib.suppress(OSError):
             os.rmdir("/sys/fs/bpf/ferry")  # the default root, when no other network uses it
+
+
+def plugin_dir(tmp: Path, name: str, plugin: str) -> Path:
+    """A CNI_PATH of its own under `tmp` holding `plugin` as `name` (skips the test if the
+    plugin is missing): ferry then execs it as an IPAM type it does not build in."""
+    if not os.access(plugin, os.X_OK):
+        pytest.skip(f"{plugin} missing")
+    d = tmp / "cni-bin"
+    d.mkdir()
+    (d / name).symlink_to(plugin)
+    return d
 
 
 def reservation_files(net_dir: Path) -> dict[str, bytes]:

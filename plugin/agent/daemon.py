@@ -21,37 +21,27 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from plugin import engine, relay
+from plugin import VERSION, handler, relay
 from plugin import log as logging_setup
 from plugin.agent import metrics
 from plugin.agent.reaper import LinkReaper
 from plugin.agent.reconcile import reconcile
-from plugin.cli import respond
-from plugin.config import NetConf, load_file
+from plugin.conffile import load_file
+from plugin.config import NetConf
 from plugin.dataplane import mode
 from plugin.dataplane.base import Inspection
+from plugin.engine import Context, cni_path
 from plugin.log import log
+from plugin.paths import private_umask
 from plugin.protocol import CniError, Code
 
-VERSION = "0.1.0"
 DEFAULT_GRPC_SOCKET = "/run/ferry/ferryd-grpc.sock"
 DEFAULT_METRICS = "127.0.0.1:9661"
-
-
-@contextlib.contextmanager
-def _private_umask() -> Iterator[None]:
-    """Sockets are created 0600 from the start, not chmod-ed after a window."""
-    old = os.umask(0o177)
-    try:
-        yield
-    finally:
-        os.umask(old)
 
 
 @dataclass
@@ -93,7 +83,7 @@ class RelayServer:
         Path(self.path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)  # a socket left by a killed ferryd
-        with _private_umask():
+        with private_umask():
             self.sock.bind(self.path)
         self.sock.listen(128)
         self.sock.setblocking(False)
@@ -270,13 +260,16 @@ class Agent:
         self.dataplane = mode.choose(conf, loading=True)
         self._stop = threading.Event()
         self._inspect_lock = threading.Lock()
+        self.reaper = LinkReaper()
+        # What the engine gets from ferryd: DEL hands veth pairs to the reaper.
+        self.ctx = Context(reap=self.reaper.wake)
         self.cluster: Any = None  # plugin.cluster.agent.ClusterAgent in cluster mode
 
     def handle(self, env: dict[str, str], stdin: bytes) -> tuple[int, bytes]:
         """One relayed CNI request, answered exactly as the standalone binary would."""
         command = env.get("CNI_COMMAND", "")
         started = time.monotonic()
-        code, out = respond(env, stdin, engine.run)
+        code, out = handler.respond(env, stdin, lambda req: handler.run(req, self.ctx))
         self.served += 1
         metrics.observe(command, code, out, time.monotonic() - started)
         return code, out
@@ -311,10 +304,9 @@ class Agent:
 
     def run(self) -> None:
         logging_setup.setup(self.conf.log)
-        reaper = LinkReaper()
-        reaper.start()
+        self.reaper.start()
         # Reconcile first: the load then re-syncs only the pods that are alive.
-        report = reconcile(self.conf, self.dataplane)
+        report = reconcile(self.conf, self.dataplane, self.ctx, self.raw_conf, cni_path())
         loaded = self._load_dataplane()
         log.info("ferryd starting", extra={"network": self.conf.name, "version": VERSION,
                                            "dataplane": self.dataplane.name,
@@ -343,7 +335,7 @@ class Agent:
         if self.cluster is not None:
             self.cluster.stop()
         grpc_server.stop(grace=5).wait()
-        reaper.stop()
+        self.reaper.stop()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.args.grpc_socket)
         log.info("ferryd stopped")

@@ -47,11 +47,11 @@ class PoolCollector(Collector):
         self.agent = agent
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        from plugin.agent.service import ipam_pools
+        from plugin import ipam
 
         used = GaugeMetricFamily("ferry_ipam_ips_used", "Reserved IPs", labels=["pool"])
         free = GaugeMetricFamily("ferry_ipam_ips_free", "Free IPs", labels=["pool"])
-        for pool in ipam_pools(self.agent.conf).pools:
+        for pool in ipam.pools(self.agent.conf):
             used.add_metric([pool.subnets], pool.used)
             free.add_metric([pool.subnets], pool.free)
         yield used

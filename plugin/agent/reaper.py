@@ -1,5 +1,8 @@
 """The link reaper: deletes the veth pairs that DEL handed over (plugin.wiring.REAP_GROUP).
 
+ferryd hands its `wake` to the engine (plugin.engine.Context.reap), which passes it to
+wiring.teardown: a standalone binary has no reaper and deletes its pairs itself.
+
 A veth's unregister waits for RCU grace periods (~20-30 ms here, CPU idle, RTNL not held),
 so ferryd answers DEL before it and deletes every pair waiting by then in one RTM_DELLINK of
 the group: one wait for the whole batch. A ferryd killed with pairs still waiting leaves
@@ -23,15 +26,18 @@ class LinkReaper:
 
     def start(self) -> None:
         """Delete what a previous ferryd left (before reconcile looks at the links), then
-        serve: DEL defers to us from now on."""
+        serve."""
         with Rtnl() as nl:
             self._reap(nl)
         self._thread.start()
-        wiring.defer_link_removal(self._pending.set)
+
+    def wake(self) -> None:
+        """A pair was moved to the group: delete it (with whatever else waits) soon."""
+        self._pending.set()
 
     def stop(self) -> None:
-        """Back to immediate deletion, and one last pass for what is waiting."""
-        wiring.defer_link_removal(None)
+        """One last pass for what is waiting (the servers that hand pairs over have
+        stopped)."""
         self._stopping = True
         self._pending.set()
         self._thread.join()

@@ -5,6 +5,7 @@
 - A complete record whose host veth is gone, or now belongs to another attachment (the
   pod's newer sandbox took the name), belongs to a container that died without a DEL (the
   veth pair dies with its netns): its IPs and dataplane state are released.
+  Both go through engine.teardown, as a DEL would: a delegated IPAM plugin gets its DEL.
 - A complete record whose pod is alive gets its host routes re-applied (its dataplane state
   is re-applied by the dataplane load that follows: plugin.dataplane.resync).
 - A host veth tagged as this network's whose owner has no record, not even a damaged one, is
@@ -24,11 +25,11 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from plugin import engine, wiring
 from plugin.config import VETH_HASH_CHARS, NetConf
 from plugin.dataplane.base import Dataplane
-from plugin.ipam.allocator import Allocator
 from plugin.log import log
 from plugin.protocol import CniError
 from plugin.rtnl import Link, Rtnl
@@ -64,8 +65,16 @@ def _alive(pid: int | None) -> bool:
     return True
 
 
-def reconcile(conf: NetConf, dataplane: Dataplane) -> Report:
+def reconcile(conf: NetConf, dataplane: Dataplane, ctx: engine.Context,
+              config: dict[str, Any], cni_path: list[str]) -> Report:
+    """config and cni_path: the network config and CNI_PATH a delegated IPAM plugin is
+    exec'd with to release a record's IPs."""
     report = Report()
+
+    def release(att: Attachment) -> None:
+        engine.teardown(conf, engine.del_request(att, config, cni_path), att, states, True,
+                        ctx, dataplane)
+
     states = engine.store(conf)
     for path, pid in states.temp_files():
         if not _alive(pid):
@@ -84,10 +93,10 @@ def reconcile(conf: NetConf, dataplane: Dataplane) -> Report:
                 if not att.complete:
                     if _alive(att.owner_pid):
                         continue  # an ADD in flight in another process
-                    _release(conf, att, states, dataplane)
+                    release(att)
                     report.rolled_back.append(key)
                 elif not ours:
-                    _release(conf, att, states, dataplane)
+                    release(att)
                     report.released.append(key)
                 elif link is not None and _repair(host, host_routes, link.index, att):
                     report.repaired.append(key)
@@ -104,14 +113,6 @@ def reconcile(conf: NetConf, dataplane: Dataplane) -> Report:
                 report.leaked_links.append(link.name)
     log.info("reconcile done", extra={"report": vars(report)})
     return report
-
-
-def _release(conf: NetConf, att: Attachment, states: StateStore,
-             dataplane: Dataplane) -> None:
-    engine.unwire(conf, states, att, att.netns, recorded=True, dataplane=dataplane)
-    if conf.ipam.builtin:
-        Allocator(conf.ipam, conf.name).release(att.container_id, att.ifname)
-    states.remove(att.container_id, att.ifname)
 
 
 def _repair(host: Rtnl, host_routes: set[tuple[int | None, str]], index: int,

@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from plugin import VERSION, ipam
 from plugin.agent import ferry_pb2 as pb
 from plugin.agent import ferry_pb2_grpc as pb_grpc
-from plugin.agent.daemon import VERSION, _private_umask
 from plugin.config import NetConf
-from plugin.ipam.allocator import Allocator
-from plugin.ipam.store import Store
+from plugin.engine import cni_path
+from plugin.paths import private_umask
 from plugin.state import StateStore
 
 if TYPE_CHECKING:
@@ -29,20 +29,11 @@ def _split_endpoint(text: str) -> tuple[str, int]:
 
 
 def ipam_pools(conf: NetConf) -> pb.IpamPools:
-    pools = pb.IpamPools(network=conf.name, data_dir=conf.ipam.data_dir)
-    if not conf.ipam.builtin:
-        return pools
-    reservations = Store(conf.ipam.data_dir, conf.name).reservations()
-    for spans in Allocator(conf.ipam, conf.name).range_sets:
-        total = sum(s.end - s.start + 1 - (s.gateway in s) for s in spans)
-        mine = sorted(((ip, owner) for ip, owner in reservations.items()
-                       if any(ip in s for s in spans)), key=lambda x: x[0])
-        pools.pools.append(pb.IpamPool(
-            subnets=", ".join(str(s.subnet) for s in spans), total=total, used=len(mine),
-            free=total - len(mine),
-            reservations=[pb.Reservation(ip=str(ip), container_id=cid, ifname=ifn)
-                          for ip, (cid, ifn) in mine]))
-    return pools
+    return pb.IpamPools(network=conf.name, data_dir=conf.ipam.data_dir, pools=[
+        pb.IpamPool(subnets=pool.subnets, total=pool.total, used=pool.used, free=pool.free,
+                    reservations=[pb.Reservation(ip=str(ip), container_id=cid, ifname=ifn)
+                                  for ip, cid, ifn in pool.reservations])
+        for pool in ipam.pools(conf)])
 
 
 class FerryService(pb_grpc.FerryServicer):
@@ -54,7 +45,7 @@ class FerryService(pb_grpc.FerryServicer):
                                                 ("K8S_POD_NAME", req.k8s_pod_name)) if v)
         env = {"CNI_COMMAND": command, "CNI_CONTAINERID": req.container_id,
                "CNI_NETNS": req.netns, "CNI_IFNAME": req.ifname or "eth0",
-               "CNI_ARGS": args, "CNI_PATH": "/opt/cni/bin"}
+               "CNI_ARGS": args, "CNI_PATH": ":".join(cni_path())}
         stdin = (req.network_config_json or json.dumps(self.agent.raw_conf)).encode()
         code, out = self.agent.handle({k: v for k, v in env.items() if v}, stdin)
         reply = pb.NetworkReply(success=code == 0, cni_json=out.decode())
@@ -132,7 +123,7 @@ def start_grpc(agent: Agent, path: str) -> grpc.Server:
         from plugin.cluster.ops import add_service
 
         add_service(server, agent.cluster)
-    with _private_umask():
+    with private_umask():
         server.add_insecure_port(f"unix:{path}")
         server.start()
     return server

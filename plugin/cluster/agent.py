@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from plugin.cluster import endpoints, node_name, routes
-from plugin.cluster.ipam import BlockAllocator
 from plugin.config import NetConf
-from plugin.datastore import DatastoreUnavailable, NodeInfo, shared
+from plugin.datastore import DatastoreUnavailable, NodeInfo
+from plugin.datastore.connect import shared
+from plugin.ipam.blocks import BlockAllocator
 from plugin.log import log
 from plugin.state import Attachment
 

@@ -20,13 +20,12 @@ from typing import Any
 
 from plugin.cluster import node_name
 from plugin.config import NetConf
-from plugin.datastore import Datastore, DatastoreUnavailable, Endpoint, Profile, shared
-from plugin.engine import store
+from plugin.datastore import Datastore, DatastoreUnavailable, Endpoint, Profile
+from plugin.datastore.connect import shared
+from plugin.engine import Command, Context, store
 from plugin.log import log
 from plugin.protocol import Request
 from plugin.state import Attachment
-
-Handler = Callable[[NetConf, Request], "dict[str, Any] | None"]
 
 # Set by ferryd's cluster agent, per network it serves: takes the endpoint write (key, and
 # the attachment to publish or None to delete) instead of the request (which then makes no
@@ -115,36 +114,30 @@ def endpoint_key(conf: NetConf, req: Request) -> str:
                     container_id=req.container_id, ifname=req.ifname).key
 
 
-def commands(base: dict[str, Handler]) -> dict[str, Handler]:
+def commands(base: dict[str, Command]) -> dict[str, Command]:
     """The engine's commands with the endpoint bookkeeping of cluster mode around ADD/DEL."""
 
-    def add(conf: NetConf, req: Request) -> dict[str, Any] | None:
+    def add(conf: NetConf, req: Request, ctx: Context) -> dict[str, Any] | None:
         assert conf.datastore is not None
         att = store(conf).load(req.container_id, req.ifname)
         if att is not None and att.complete:
             existing = _existing(conf, att)
             if existing is not None:
                 return existing
-        out = base["ADD"](conf, req)
+        out = base["ADD"](conf, req, ctx)
         att = store(conf).load(req.container_id, req.ifname)
         if att is not None:
             _write_soon(conf, endpoint_key(conf, req), att)
         return out
 
-    def delete(conf: NetConf, req: Request) -> dict[str, Any] | None:
-        out = base["DEL"](conf, req)
+    def delete(conf: NetConf, req: Request, ctx: Context) -> dict[str, Any] | None:
+        out = base["DEL"](conf, req, ctx)
         _write_soon(conf, endpoint_key(conf, req), None)
         return out
 
-    def gc(conf: NetConf, req: Request) -> dict[str, Any] | None:
-        from plugin.cluster.ipam import BlockAllocator
-        from plugin.engine import valid_attachments
-
-        out = base["GC"](conf, req)  # attachments; the reservations are the blocks' here
-        freed = BlockAllocator(conf).gc(valid_attachments(req))
-        if freed:
-            log.info("gc: released %d IPs", len(freed), extra={"ips": [str(i) for i in freed]})
-        for att_key in _gone_endpoints(conf, valid_attachments(req)):
+    def gc(conf: NetConf, req: Request, ctx: Context) -> dict[str, Any] | None:
+        out = base["GC"](conf, req, ctx)  # attachments and their IPs (the blocks' here)
+        for att_key in _gone_endpoints(conf, req.valid_attachments):
             _write_soon(conf, att_key, None)
         return out
 

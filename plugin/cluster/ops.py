@@ -11,7 +11,8 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from plugin.config import NetConf
-from plugin.datastore import Datastore, DatastoreUnavailable, NodeInfo, record, shared
+from plugin.datastore import Datastore, DatastoreUnavailable, NodeInfo, record
+from plugin.datastore.connect import shared
 
 if TYPE_CHECKING:
     from plugin.cluster.agent import ClusterAgent
@@ -83,7 +84,7 @@ def main(args: argparse.Namespace, conf: NetConf) -> int:
 
 
 def _table(title: str, rows: list[dict[str, Any]], cols: list[str], shape: Any) -> str:
-    from plugin.textable import table
+    from plugin.text import table
 
     return table(title, [shape(r) for r in rows], cols)
 

@@ -81,6 +81,7 @@ from plugin.log import log
 from plugin.protocol import CniError, Code
 from plugin.rtnl import Rtnl, ifindex
 from plugin.state import Attachment, StateStore
+from plugin.undo import Undo
 
 PROTOS = {socket.IPPROTO_TCP: "tcp", socket.IPPROTO_UDP: "udp", socket.IPPROTO_ICMP: "icmp",
           socket.IPPROTO_ICMPV6: "icmp6"}
@@ -190,7 +191,8 @@ class Ebpf:
                            f"no complete pins under {d}: run `ferryctl load --config "
                            "<this network's config file>` on the node, then retry")
         v4 = V4.addrs(att.ips)
-        try:
+        with Undo() as undo:  # the engine undoes only attaches that returned
+            undo.push(lambda: self.detach(conf, att))
             host_idx = ifindex(att.host_veth)
             if host_idx is None:
                 raise CniError(Code.INTERNAL, f"host veth {att.host_veth} is missing")
@@ -205,9 +207,6 @@ class Ebpf:
             elif att.pod_eni:
                 with Rtnl() as rt:
                     self._attach_eni(d, att, rt, host_idx, v4)
-        except BaseException:
-            self.detach(conf, att)  # the engine undoes only attaches that returned
-            raise
 
     @staticmethod
     def _attach_eni(d: str, att: Attachment, rt: Rtnl, host_idx: int, v4: list[str]) -> None:

@@ -49,6 +49,7 @@ from plugin.log import log
 from plugin.protocol import CniError, Code
 from plugin.rtnl import ifindex
 from plugin.state import Attachment, StateStore
+from plugin.undo import Undo
 
 PREFIX = "FERRY-"
 NODE_CHAIN = "FERRY-POSTROUTING"
@@ -366,7 +367,8 @@ class Iptables:
         return out
 
     def attach(self, conf: NetConf, att: Attachment) -> None:
-        try:
+        with Undo() as undo:  # the engine undoes only attaches that returned
+            undo.push(lambda: self.detach(conf, att))
             addrs = discover(conf)
             with _locked(conf):
                 backend = detect_backend()
@@ -380,9 +382,6 @@ class Iptables:
                                                                 addrs, table))
             if att.pod_eni:
                 attach_eni_routing(conf, att)
-        except BaseException:
-            self.detach(conf, att)  # the engine undoes only attaches that returned
-            raise
 
     def detach(self, conf: NetConf, att: Attachment) -> None:
         """Remove the pod's jump(s) and chain in both families and back ends, and its policy

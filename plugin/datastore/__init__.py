@@ -6,7 +6,7 @@ plus a lease that says the node's ferryd is alive), workload endpoints (one per 
 attachment, as Calico's WorkloadEndpoint) and profiles (one per network). The engine, the
 cluster IPAM and ferryd speak only this interface; `etcd` (etcd v3) is the one backend
 today, and a Kubernetes backend (Node podCIDR, custom resources) would be another class
-with the same methods.
+with the same methods. plugin.datastore.connect picks the backend (and shares connections).
 
 Every method raises DatastoreUnavailable when the datastore cannot be reached: callers
 decide whether that is fatal (a block claim: code 11) or queued (an endpoint write).
@@ -17,10 +17,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
-
-if TYPE_CHECKING:
-    from plugin.config import DatastoreConfig
+from typing import Any, Protocol
 
 
 class DatastoreUnavailable(Exception):
@@ -134,26 +131,3 @@ class Datastore(Protocol):
     def healthy(self) -> bool: ...
 
     def close(self) -> None: ...
-
-
-_shared: dict[str, Datastore] = {}
-_shared_lock = threading.Lock()
-
-
-def shared(conf: DatastoreConfig) -> Datastore:
-    """One connection per datastore config and process: ferryd's requests reuse its channels
-    instead of connecting per ADD."""
-    key = conf.model_dump_json()
-    with _shared_lock:
-        if key not in _shared:
-            _shared[key] = connect(conf)
-        return _shared[key]
-
-
-def connect(conf: DatastoreConfig) -> Datastore:
-    """The backend named by datastore.type."""
-    if conf.type == "etcd":
-        from plugin.datastore.etcd import EtcdDatastore
-
-        return EtcdDatastore(conf)
-    raise ValueError(f"unknown datastore type {conf.type!r}")

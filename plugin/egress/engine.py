@@ -1,5 +1,5 @@
 """ferry-egress ADD, DEL, CHECK, STATUS and GC, on top of ferry's own pieces: provision() /
-deprovision() and the undo stack of plugin.engine, wiring, IPAM and the network's dataplane.
+teardown() of plugin.engine with its undo stack, wiring, IPAM and the network's dataplane.
 
 - Only chained: no prevResult is a config error (7), as AWS's "must be called as a chained
   plugin". `enabled: false` makes the plugin a no-op: ADD prints prevResult unchanged (in the
@@ -17,25 +17,26 @@ deprovision() and the undo stack of plugin.engine, wiring, IPAM and the network'
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from typing import Any
 
 from plugin import ipam, wiring
 from plugin.config import parse
 from plugin.egress.config import EgressConf, EgressSwitch
 from plugin.engine import (
-    deprovision,
+    Command,
+    Context,
+    del_request,
     dispatch,
     find,
     new_attachment,
     owner,
     provision,
-    unwind,
-    valid_attachments,
+    teardown,
 )
 from plugin.log import log
 from plugin.protocol import LATEST_VERSION, CniError, Code, Request, Result
 from plugin.state import EGRESS_DIR, StateStore
+from plugin.undo import Undo
 
 
 def run(req: Request) -> dict[str, Any] | None:
@@ -50,7 +51,8 @@ def run(req: Request) -> dict[str, Any] | None:
             return Result.from_dict(switch.prev_result).to_dict(req.cni_version)
         return None
     conf: EgressConf = parse(EgressConf, req.config)
-    return dispatch(_COMMANDS, conf, req, ifname=conf.egress_ifname, plugin="ferry-egress")
+    return dispatch(_COMMANDS, conf, req, Context(), ifname=conf.egress_ifname,
+                    plugin="ferry-egress")
 
 
 def states(conf: EgressConf) -> StateStore:
@@ -69,7 +71,7 @@ def _needed(conf: EgressConf, prev: Result) -> bool:
     return not any(ip.address.version == conf.family for ip in prev.ips)
 
 
-def add(conf: EgressConf, req: Request) -> dict[str, Any]:
+def add(conf: EgressConf, req: Request, ctx: Context) -> dict[str, Any]:
     prev = conf.prev()
     assert prev is not None  # run() refused the request without one
     if not _needed(conf, prev):
@@ -79,9 +81,8 @@ def add(conf: EgressConf, req: Request) -> dict[str, Any]:
     ereq = egress_request(conf, req)
     store = states(conf)
     att = new_attachment(conf, ereq, store)
-    undo: list[Callable[[], None]] = []
-    try:
-        allocated, ips, links = provision(conf, ereq, att, store, undo)
+    with Undo() as undo:
+        allocated, ips, links = provision(conf, ereq, att, store, undo, ctx)
         # The record keeps the egress interface's own result: CHECK compares against it.
         own = Result(interfaces=[links.host, links.container], ips=ips,
                      routes=wiring.result_routes(ips, allocated.routes))
@@ -90,21 +91,18 @@ def add(conf: EgressConf, req: Request) -> dict[str, Any]:
         chained = dataclasses.replace(prev, interfaces=[*prev.interfaces, links.host,
                                                         links.container])
         return chained.to_dict(conf.cni_version)
-    except BaseException as failure:
-        unwind(undo, failure)
-        raise
 
 
-def delete(conf: EgressConf, req: Request) -> None:
+def delete(conf: EgressConf, req: Request, ctx: Context) -> None:
     """By the record (netns, veth, IPs), so a DEL with the netns gone still finds it all."""
     ereq = egress_request(conf, req)
     store = states(conf)
     att, recorded = find(conf, ereq, store)
-    deprovision(conf, ereq, att, store, recorded)
+    teardown(conf, ereq, att, store, recorded, ctx)
     return None
 
 
-def check(conf: EgressConf, req: Request) -> None:
+def check(conf: EgressConf, req: Request, ctx: Context) -> None:
     prev = conf.prev()
     if prev is None:
         raise CniError(Code.INVALID_CONFIG, "CHECK needs prevResult")
@@ -124,30 +122,25 @@ def check(conf: EgressConf, req: Request) -> None:
     return None
 
 
-def status(conf: EgressConf, req: Request) -> None:
-    from plugin.engine import status as ferry_status
+def status(conf: EgressConf, req: Request, ctx: Context) -> None:
+    ipam.status(conf)  # the egress range running out is what can go wrong
+    return None
 
-    return ferry_status(conf, req)  # the egress range running out is what can go wrong
 
-
-def gc(conf: EgressConf, req: Request) -> None:
+def gc(conf: EgressConf, req: Request, ctx: Context) -> None:
     """Remove the egress of every container the runtime no longer lists (by container id:
     the runtime knows the attachment by CNI_IFNAME, not by the egress interface)."""
-    valid_ids = {cid for cid, _ in valid_attachments(req)}
+    valid_ids = {cid for cid, _ in req.valid_attachments}
     store = states(conf)
     for att in store.all():
         if att.container_id not in valid_ids:
             log.info("egress gc: removing stale attachment",
                      extra={"container": att.container_id, "ifname": att.ifname})
-            deprovision(conf, Request(command="DEL", container_id=att.container_id,
-                                      ifname=att.ifname, netns=att.netns), att, store,
-                        recorded=True)
-    from plugin.ipam.allocator import Allocator
-
-    Allocator(conf.ipam, conf.name).gc({(cid, conf.egress_ifname) for cid in valid_ids})
+            teardown(conf, del_request(att, req.config, req.path), att, store, True, ctx)
+    ipam.gc(conf, {(cid, conf.egress_ifname) for cid in valid_ids})
     return None
 
 
-_COMMANDS: dict[str, Callable[[EgressConf, Request], dict[str, Any] | None]] = {
+_COMMANDS: dict[str, Command] = {
     "ADD": add, "DEL": delete, "CHECK": check, "STATUS": status, "GC": gc,
 }

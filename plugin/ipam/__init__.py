@@ -1,7 +1,11 @@
-"""IPAM for ferry: the built-in host-local allocator, or any IPAM plugin exec'd from CNI_PATH.
+"""IPAM for ferry, its one entry point: reserve/add, release, check, gc, status and pool
+counts, whatever the ipam.type. Every caller (the engine, ferryd's reconcile and gRPC and
+metrics, ferry-egress, the ferry-host-local binary) comes through here, so "built-in or
+delegated" is decided in this module only.
 
-`host-local` and `ferry-host-local` run in-process (same on-disk store as the reference
-plugin); any other `ipam.type` is exec'd the way the reference plugins delegate.
+`host-local` and `ferry-host-local` run in-process (allocator.py; the same on-disk store as
+the reference plugin), `ferry-cluster` too (blocks.py: block IPAM over that store); any other
+`ipam.type` is exec'd the way the reference plugins delegate.
 
 Importing this package loads the standard library only (the ferry-host-local launcher runs
 Python with -I -S and imports plugin.ipam.cli before the venv's site-packages are enabled):
@@ -22,7 +26,8 @@ from plugin.protocol import Address, CniError, Code, Request, Result
 
 if TYPE_CHECKING:
     from plugin.config import NetConf
-    from plugin.ipam.allocator import Allocator
+    from plugin.ipam.allocator import Allocator, Pool
+    from plugin.ipam.blocks import BlockAllocator
 
 DELEGATE_TIMEOUT_S = 30
 
@@ -49,30 +54,57 @@ def reserve(conf: NetConf, req: Request) -> tuple[Result, Callable[[], None]]:
     """ADD's IPAM step and its inverse, for the caller's undo stack: the built-in store is
     put back as it was (pointers, new directories); a delegated plugin gets its DEL."""
     if conf.ipam.type == CLUSTER_IPAM:
-        from plugin.cluster.ipam import BlockAllocator
-
-        result = BlockAllocator(conf).allocate(req.container_id, req.ifname,
-                                               requested_ips(conf, req))
+        result = _blocks(conf).allocate(req.container_id, req.ifname, requested_ips(conf, req))
         return result, lambda: release(conf, req)
     if conf.ipam.builtin:
         allocator = _allocator(conf)
         result, undo = allocator.reserve(req.container_id, req.ifname,
                                          requested_ips(conf, req))
         return result, lambda: allocator.rollback(undo)
+    from plugin.undo import Undo
+
     out = _delegate(conf, req, "ADD")
-    try:
+    with Undo() as undo:
+        undo.push(lambda: release(conf, req))  # a result we cannot read: give the IPs back
         result = Result.from_dict(out or {})
-    except CniError:
-        release(conf, req)
-        raise
     return result, lambda: release(conf, req)
 
 
 def release(conf: NetConf, req: Request) -> None:
+    """The attachment's IPs, by req's container id and ifname (a delegated plugin gets req as
+    its DEL, so req must carry the network config and CNI_PATH)."""
     if local(conf):
         _allocator(conf).release(req.container_id, req.ifname)
     else:
         _delegate(conf, req, "DEL")
+
+
+def gc(conf: NetConf, valid: set[tuple[str, str]]) -> list[Address]:
+    """Release every reservation of the network that no valid attachment holds; the IPs freed.
+    A delegated plugin is not sent GC (the reference plugins before CNI 1.1 do not know it):
+    the engine's GC released the IPs of each stale attachment it tore down."""
+    if conf.ipam.type == CLUSTER_IPAM:
+        return _blocks(conf).gc(valid)
+    return _allocator(conf).gc(valid) if conf.ipam.builtin else []
+
+
+def status(conf: NetConf) -> None:
+    """STATUS: raise NOT_AVAILABLE (50) when the built-in store is unusable or a range set
+    has no free address; cluster and delegated IPAM are not asked (always ready)."""
+    if not conf.ipam.builtin:
+        return
+    try:
+        full = _allocator(conf).exhausted_sets()
+    except OSError as e:
+        raise CniError(Code.NOT_AVAILABLE, "IPAM data directory is not usable",
+                       str(e)) from None
+    if full:
+        raise CniError(Code.NOT_AVAILABLE, "no free IP addresses", "; ".join(full))
+
+
+def pools(conf: NetConf) -> list[Pool]:
+    """Used and free addresses per range set of the built-in store (none for other types)."""
+    return _allocator(conf).pools() if conf.ipam.builtin else []
 
 
 def check(conf: NetConf, req: Request, ips: list[Address]) -> None:
@@ -90,6 +122,12 @@ def _allocator(conf: NetConf) -> Allocator:
     from plugin.ipam.allocator import Allocator
 
     return Allocator(conf.ipam, conf.name)
+
+
+def _blocks(conf: NetConf) -> BlockAllocator:
+    from plugin.ipam.blocks import BlockAllocator
+
+    return BlockAllocator(conf)
 
 
 def _delegate(conf: NetConf, req: Request, command: str) -> dict | None:

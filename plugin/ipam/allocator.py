@@ -18,6 +18,7 @@ from plugin.config import IPAMConfig, IPRange
 from plugin.ipam.store import Store
 from plugin.paths import missing_dirs, remove_empty
 from plugin.protocol import Address, CniError, Code, IPConfig, Result, Route
+from plugin.undo import Undo
 
 
 @dataclass
@@ -29,6 +30,24 @@ class Rollback:
     ips: list[IPConfig]
     pointers: dict[int, str | None]  # last_reserved_ip.N before the allocation
     created: list[Path]  # directories the allocation created, deepest first
+
+
+@dataclass
+class Pool:
+    """One range set's usage: addresses it can hand out, and the reservations inside it as
+    (ip, container id, ifname), by IP."""
+
+    subnets: str
+    total: int
+    reservations: list[tuple[Address, str, str]]
+
+    @property
+    def used(self) -> int:
+        return len(self.reservations)
+
+    @property
+    def free(self) -> int:
+        return self.total - self.used
 
 
 @dataclass(frozen=True)
@@ -111,7 +130,9 @@ class Allocator:
             pointers = {idx: store.last_reserved_text(idx)
                         for idx in range(len(self.range_sets))}
             held = store.owned_by(container_id, ifname)
-            try:
+            with Undo() as undo:  # the IPs taken so far (ips grows), under the same lock
+                undo.push(lambda: self._undo(store, Rollback(container_id, ifname, ips,
+                                                             pointers, created)))
                 for idx, spans in enumerate(self.range_sets):
                     if any(ip in s for ip in held for s in spans):
                         raise CniError(Code.IP_UNAVAILABLE, "duplicate allocation is not allowed",
@@ -129,9 +150,6 @@ class Allocator:
                 if unmatched:
                     raise CniError(Code.IP_UNAVAILABLE, "requested IP is not in any range",
                                    ", ".join(map(str, unmatched)))
-            except BaseException:
-                self._undo(store, Rollback(container_id, ifname, ips, pointers, created))
-                raise
         result = Result(ips=ips, routes=[Route(dst=r.dst, gw=r.gw) for r in self.conf.routes],
                         dns=dns)
         return result, Rollback(container_id, ifname, ips, pointers, created)
@@ -185,6 +203,16 @@ class Allocator:
 
     def _mine(self, ip: Address) -> bool:
         return any(ip in s for spans in self.range_sets for s in spans)
+
+    def pools(self) -> list[Pool]:
+        reservations = self.store.reservations()
+        out = []
+        for spans in self.range_sets:
+            total = sum(s.end - s.start + 1 - (s.gateway in s) for s in spans)
+            mine = sorted((ip, cid, ifn) for ip, (cid, ifn) in reservations.items()
+                          if any(ip in s for s in spans))
+            out.append(Pool(", ".join(str(s.subnet) for s in spans), total, mine))
+        return out
 
     def exhausted_sets(self) -> list[str]:
         """The range sets (as text) that have no free address left."""

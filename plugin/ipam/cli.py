@@ -15,8 +15,6 @@ from plugin.protocol import Request
 def _ipam(req: Request) -> dict[str, Any] | None:
     from plugin import ipam
     from plugin.config import NetConf, parse
-    from plugin.engine import VALID_ATTACHMENTS
-    from plugin.ipam.allocator import Allocator
 
     conf: NetConf = parse(NetConf, req.config)
     if req.command == "ADD":
@@ -27,12 +25,9 @@ def _ipam(req: Request) -> dict[str, Any] | None:
         prev = conf.prev()
         ipam.check(conf, req, [ip.address.ip for ip in prev.ips] if prev else [])
     elif req.command == "GC":
-        valid = {(a["containerID"], a["ifname"]) for a in req.config.get(VALID_ATTACHMENTS, [])}
-        Allocator(conf.ipam, conf.name).gc(valid)
+        ipam.gc(conf, req.valid_attachments)
     elif req.command == "STATUS":
-        from plugin.engine import status
-
-        status(conf, req)
+        ipam.status(conf)
     return None
 
 

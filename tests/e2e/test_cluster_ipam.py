@@ -14,9 +14,9 @@ import pytest
 from cluster_support import POOL4, POOL6, cluster_conf
 from etcd_support import Etcd
 
-from plugin.cluster.ipam import BlockAllocator, block_span
 from plugin.config import NetConf, parse
 from plugin.datastore import Block
+from plugin.ipam.blocks import BlockAllocator, block_span
 from plugin.protocol import CniError, Code
 
 

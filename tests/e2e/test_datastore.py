@@ -11,7 +11,8 @@ import pytest
 from etcd_support import Etcd
 
 from plugin.cluster.config import DatastoreConfig
-from plugin.datastore import Block, DatastoreUnavailable, Endpoint, NodeInfo, Profile, connect
+from plugin.datastore import Block, DatastoreUnavailable, Endpoint, NodeInfo, Profile
+from plugin.datastore.connect import connect
 from plugin.datastore.etcd import EtcdDatastore
 
 

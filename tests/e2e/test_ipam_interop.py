@@ -31,6 +31,7 @@ from harness import (
     Pod,
     exec_plugin,
     ping,
+    plugin_dir,
     reservation_files,
 )
 
@@ -309,12 +310,7 @@ def static_ipam(v4: str, v6: str) -> dict[str, Any]:
 @pytest.fixture
 def static_path(tmp_path: Path) -> Path:
     """A CNI_PATH of its own holding the reference `static` under another name."""
-    if not os.access(REF_STATIC, os.X_OK):
-        pytest.skip("reference static plugin missing")
-    d = tmp_path / "cni-bin"
-    d.mkdir()
-    (d / "fixedip").symlink_to(REF_STATIC)
-    return d
+    return plugin_dir(tmp_path, "fixedip", REF_STATIC)
 
 
 def test_ferry_delegates_to_static_ipam(node: Node, static_path: Path) -> None:

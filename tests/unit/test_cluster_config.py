@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from cluster_support import POOL4, POOL6, cluster_conf
 
-from plugin.cluster.ipam import block_count, block_span, nth_block, start_index
 from plugin.config import NetConf, parse
+from plugin.ipam.blocks import block_count, block_span, nth_block, start_index
 from plugin.protocol import CniError, Code
 
 

@@ -50,7 +50,7 @@ def logged_traceback(tmp: Path) -> str:
 CNI_CASES = {
     "ferry-relay-path": ("import plugin.relay as r\nr.socket_path = boom",
                          "from plugin.cli import main\nmain()"),
-    "ferry-engine": ("import site; site.main()\nimport plugin.engine as e\ne.run = boom",
+    "ferry-engine": ("import site; site.main()\nimport plugin.handler as h\nh.run = boom",
                      "from plugin.cli import main\nmain()"),
     "ferry-host-local": ("import site; site.main()\nimport plugin.ipam as i\ni.add = boom",
                          "from plugin.ipam.cli import main\nmain()"),

@@ -179,7 +179,7 @@ def test_unusable_socket_paths_mean_no_agent(tmp_path: Path) -> None:
                                   '{"name": "n", "plugins": [{"type": "ptp"}]}'])
 def test_malformed_conflist_is_a_config_error_for_ferryd_and_ferryctl(tmp_path: Path,
                                                                       text: str) -> None:
-    from plugin.config import load_file
+    from plugin.conffile import load_file
 
     path = tmp_path / "x.conflist"
     path.write_text(text)

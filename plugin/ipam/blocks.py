@@ -25,11 +25,13 @@ from pathlib import Path
 from plugin.cluster import node_name
 from plugin.cluster.config import PoolConfig
 from plugin.config import NetConf
-from plugin.datastore import Block, Datastore, DatastoreUnavailable, shared
+from plugin.datastore import Block, Datastore, DatastoreUnavailable
+from plugin.datastore.connect import shared
 from plugin.ipam.allocator import Span, candidates, read_resolv_conf, release_invalid
 from plugin.ipam.store import Store
 from plugin.log import log
 from plugin.protocol import Address, CniError, Code, IPConfig, Network, Result, Route
+from plugin.undo import Undo
 
 
 def block_span(pool: PoolConfig, cidr: Network) -> Span:
@@ -114,7 +116,13 @@ class BlockAllocator:
                                f"{container_id}/{ifname} already holds "
                                f"{', '.join(map(str, held))}; DEL it first")
             aff = self.load()
-            try:
+
+            def give_back() -> None:  # the IPs taken so far
+                for ipc in ips:
+                    store.release(ipc.address.ip)
+
+            with Undo() as undo:
+                undo.push(give_back)
                 for idx, pool in enumerate(self.pools):
                     ipc = self._next(store, idx, pool, aff.of(pool), container_id, ifname)
                     if ipc is None:
@@ -123,10 +131,6 @@ class BlockAllocator:
                     if ipc is None:  # a claimed block is empty by construction
                         raise CniError(Code.IPAM_EXHAUSTED, f"new block of {pool.cidr} is full")
                     ips.append(ipc)
-            except BaseException:
-                for ipc in ips:
-                    store.release(ipc.address.ip)
-                raise
         ipam = self.conf.ipam
         return Result(ips=ips, routes=[Route(dst=r.dst, gw=r.gw) for r in ipam.routes],
                       dns=read_resolv_conf(ipam.resolv_conf))

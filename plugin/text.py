@@ -1,4 +1,4 @@
-"""Plain-text tables for the command-line tools (`ferryctl inspect`, `records`, `nodes`)."""
+"""Plain-text tables, as ferryctl prints them (its own views and `ferryctl cluster`'s)."""
 
 from __future__ import annotations
 
