@@ -73,10 +73,30 @@ static __always_inline void tcp_track(__u8 *mine, __u8 *other, __u64 *last_used,
         *last_used = now;
 }
 
-/* A claimed port that a new flow may take over: its TCP flow closed NAT_REUSE_NS ago. */
-static __always_inline int reusable(__u8 proto, __u8 out, __u8 in, __u64 last_used, __u64 now)
+/* Why a try of the port allocation cannot take a claimed port (a STAT_TRY_* counter), 0 if it
+ * can: the claim is gone (the insert was refused for another reason than a live entry), its
+ * flow is open, or it closed less than `grace` ago. */
+static __always_inline int refusal(int claimed, __u8 out, __u8 in, __u64 last_used, __u8 proto,
+                                   __u64 now, __u64 grace)
 {
-    return proto == IPPROTO_TCP && tcp_closed(out, in) && now - last_used > NAT_REUSE_NS;
+    if (!claimed)
+        return STAT_TRY_REFUSED;
+    if (proto != IPPROTO_TCP || !tcp_closed(out, in))
+        return STAT_TRY_OPEN;
+    return now - last_used > grace ? 0 : STAT_TRY_CLOSING;
+}
+
+/* The reuse delay try i of an allocation honours: NAT_REUSE_NS for the first half of the tries,
+ * then less and less, down to none for the last. Only when more new flows go to one
+ * destination than the range carries in NAT_REUSE_NS are nearly all tried ports closing; the
+ * later tries then take a port that closed less long ago (counted reused_early), as conntrack
+ * lets a SYN reuse a closed tuple at once, rather than drop the SYN. A constant per try for
+ * the verifier: the loop's states stay one per iteration. */
+static __always_inline __u64 reuse_grace(int i)
+{
+    if (i < NAT_RETRIES / 2)
+        return NAT_REUSE_NS;
+    return (__u64)NAT_REUSE_NS * (NAT_RETRIES - 1 - i) / (NAT_RETRIES / 2);
 }
 
 static __always_inline __u32 mix32(__u32 h)
@@ -228,22 +248,26 @@ static __always_inline int frag4(struct pkt4 *p)
 
 /* A new flow takes over the port of a closed TCP flow: the old flow's forward entry goes (its
  * late packets would otherwise be translated onto the new flow's port). */
-static __always_inline int reclaim4(struct nat_tuple4 *rk, struct nat_entry4 *rv, __u64 now)
+static __always_inline int reclaim4(struct nat_tuple4 *rk, struct nat_entry4 *rv, __u64 now,
+                                    __u64 grace)
 {
     struct nat_entry4 *old = map_lookup(ferry_nat_rev, rk);
     struct nat_tuple4 stale = {};
+    int early, why = refusal(old != 0, old ? old->tcp_out : 0, old ? old->tcp_in : 0,
+                             old ? old->last_used : 0, rk->proto, now, grace);
 
-    if (!old || !reusable(rk->proto, old->tcp_out, old->tcp_in, old->last_used, now))
-        return -1;
+    if (why)
+        return why;
     stale.saddr = old->addr;
     stale.daddr = rk->saddr;
     stale.sport = old->port;
     stale.dport = rk->sport;
     stale.proto = rk->proto;
+    early = now - old->last_used <= NAT_REUSE_NS;
     map_delete(ferry_nat_fwd, &stale);
     if (map_update(ferry_nat_rev, rk, rv, BPF_ANY) < 0)
-        return -1;
-    count(STAT_REUSED_CLOSED);
+        return STAT_TRY_REFUSED;
+    count(early ? STAT_REUSED_EARLY : STAT_REUSED_CLOSED);
     return 0;
 }
 
@@ -255,7 +279,7 @@ static __always_inline int nat_alloc4(struct nat_config *cfg, struct pkt4 *p,
     struct nat_entry4 rv = {};
     __u32 port = port_first(cfg, &p->l4, p->saddr ^ p->daddr);
     __u64 now = bpf_ktime_get_ns();
-    int i;
+    int i, why;
 
     rk.saddr = p->daddr;
     rk.daddr = cfg->node_ip;
@@ -267,13 +291,15 @@ static __always_inline int nat_alloc4(struct nat_config *cfg, struct pkt4 *p,
     rv.created = rv.last_used = now;
     for (i = 0; i < NAT_RETRIES; i++) {
         rk.dport = bpf_htons((__u16)port);
-        if (map_update(ferry_nat_rev, &rk, &rv, BPF_NOEXIST) == 0 ||
-            reclaim4(&rk, &rv, now) == 0) {
+        why = map_update(ferry_nat_rev, &rk, &rv, BPF_NOEXIST) == 0 ? 0 :
+              reclaim4(&rk, &rv, now, reuse_grace(i));
+        if (why == 0) {
             out->addr = cfg->node_ip;
             out->port = rk.dport;
             out->created = out->last_used = now;
             return 0;
         }
+        count(why);
         port = port_next(cfg);
     }
     return -1;
@@ -556,22 +582,26 @@ static __always_inline __u32 fold6(const __u32 *a)
 }
 
 /* reclaim4 for IPv6. */
-static __always_inline int reclaim6(struct nat_tuple6 *rk, struct nat_entry6 *rv, __u64 now)
+static __always_inline int reclaim6(struct nat_tuple6 *rk, struct nat_entry6 *rv, __u64 now,
+                                    __u64 grace)
 {
     struct nat_entry6 *old = map_lookup(ferry_nat_rev6, rk);
     struct nat_tuple6 stale = {};
+    int early, why = refusal(old != 0, old ? old->tcp_out : 0, old ? old->tcp_in : 0,
+                             old ? old->last_used : 0, rk->proto, now, grace);
 
-    if (!old || !reusable(rk->proto, old->tcp_out, old->tcp_in, old->last_used, now))
-        return -1;
+    if (why)
+        return why;
     __builtin_memcpy(stale.saddr, old->addr, 16);
     __builtin_memcpy(stale.daddr, rk->saddr, 16);
     stale.sport = old->port;
     stale.dport = rk->sport;
     stale.proto = rk->proto;
+    early = now - old->last_used <= NAT_REUSE_NS;
     map_delete(ferry_nat_fwd6, &stale);
     if (map_update(ferry_nat_rev6, rk, rv, BPF_ANY) < 0)
-        return -1;
-    count(STAT_REUSED_CLOSED);
+        return STAT_TRY_REFUSED;
+    count(early ? STAT_REUSED_EARLY : STAT_REUSED_CLOSED);
     return 0;
 }
 
@@ -582,7 +612,7 @@ static __always_inline int nat_alloc6(struct nat_config *cfg, struct pkt6 *p,
     struct nat_entry6 rv = {};
     __u32 port = port_first(cfg, &p->l4, fold6(p->saddr) ^ fold6(p->daddr));
     __u64 now = bpf_ktime_get_ns();
-    int i;
+    int i, why;
 
     __builtin_memcpy(rk.saddr, p->daddr, 16);
     __builtin_memcpy(rk.daddr, cfg->node_ip6, 16);
@@ -594,13 +624,15 @@ static __always_inline int nat_alloc6(struct nat_config *cfg, struct pkt6 *p,
     rv.created = rv.last_used = now;
     for (i = 0; i < NAT_RETRIES; i++) {
         rk.dport = bpf_htons((__u16)port);
-        if (map_update(ferry_nat_rev6, &rk, &rv, BPF_NOEXIST) == 0 ||
-            reclaim6(&rk, &rv, now) == 0) {
+        why = map_update(ferry_nat_rev6, &rk, &rv, BPF_NOEXIST) == 0 ? 0 :
+              reclaim6(&rk, &rv, now, reuse_grace(i));
+        if (why == 0) {
             __builtin_memcpy(out->addr, cfg->node_ip6, 16);
             out->port = rk.dport;
             out->created = out->last_used = now;
             return 0;
         }
+        count(why);
         port = port_next(cfg);
     }
     return -1;

@@ -30,7 +30,7 @@ RANDOMIZE = {"prng": 0, "hashrandom": 1, "none": 2}
 # The per-CPU counters of ferry_stats, by index (bpf/snat.c counts them, ferryd exports them).
 STATS = ("xlate_eg4", "xlate_in4", "xlate_eg6", "xlate_in6", "alloc_fail4", "alloc_fail6",
          "reused_closed", "icmp_error", "fragment", "drop_rewrite", "fragment_unknown",
-         "no_mapping")
+         "no_mapping", "try_open", "try_closing", "try_refused", "reused_early")
 CONSTANTS = {"EP_F_POD_ENI": EP_F_POD_ENI, "NAT_RETRIES": 128, "ETH_HLEN": 14,
              "TCP_FIN": TCP_FIN, "TCP_RST": TCP_RST,
              **{f"SNAT_{k.upper()}": v for k, v in RANDOMIZE.items()},
@@ -189,9 +189,12 @@ class MapSpec:
     value: type[_Struct]
     max_entries: int  # the default build's (the prebuilt objects')
     flags: str = "0"
-    # A macro of DEFAULTS for the size, which a -D compile flag can change (bcc builds: the
-    # ELF loader takes the objects' sizes, and a compile flag makes `auto` choose bcc).
+    # A macro of DEFAULTS for the size, set by natMaxEntries: a -D compile flag for bcc, the
+    # max_entries the ELF loader creates the map with (as libbpf's bpf_map__set_max_entries).
     size_macro: str = ""
+    # Flow state the programs write (not re-synced from ferryd's records): a reload of another
+    # build or size copies it from the old maps into the new ones (loader/pins.py).
+    carried: bool = False
 
     @property
     def c_max_entries(self) -> str:
@@ -219,22 +222,29 @@ MAPS: dict[str, MapSpec] = {m.name: m for m in (
     MapSpec("ferry_snat_excl", "lpm_trie", Lpm4Key, Excluded, 1024, "BPF_F_NO_PREALLOC"),
     MapSpec("ferry_nat_cfg", "array", ct.c_uint32, NatConfig, 1),
     MapSpec("ferry_nat_fwd", "lru_hash", NatTuple4, NatEntry4, NAT_MAX,
-            size_macro="FERRY_NAT_MAX"),
+            size_macro="FERRY_NAT_MAX", carried=True),
     MapSpec("ferry_nat_rev", "lru_hash", NatTuple4, NatEntry4, NAT_MAX,
-            size_macro="FERRY_NAT_MAX"),
+            size_macro="FERRY_NAT_MAX", carried=True),
     MapSpec("ferry_redirect", "hash", Ip4Key, Redirect, 4096),
     # IPv6 SNAT: the same roles as the four IPv4 maps above (names: 15 chars at most).
     MapSpec("ferry_endpoint6", "hash", Ip6Key, Endpoint, 16384),
     MapSpec("ferry_snat_ex6", "lpm_trie", Lpm6Key, Excluded, 1024, "BPF_F_NO_PREALLOC"),
     MapSpec("ferry_nat_fwd6", "lru_hash", NatTuple6, NatEntry6, NAT_MAX,
-            size_macro="FERRY_NAT_MAX"),
+            size_macro="FERRY_NAT_MAX", carried=True),
     MapSpec("ferry_nat_rev6", "lru_hash", NatTuple6, NatEntry6, NAT_MAX,
-            size_macro="FERRY_NAT_MAX"),
+            size_macro="FERRY_NAT_MAX", carried=True),
     # IPv4 fragments of NATed datagrams in flight (Cilium keeps 8k), both directions.
-    MapSpec("ferry_frag4", "lru_hash", Frag4Key, Frag4Ports, 8192),
+    MapSpec("ferry_frag4", "lru_hash", Frag4Key, Frag4Ports, 8192, carried=True),
     MapSpec("ferry_stats", "percpu_array", ct.c_uint32, Counter, len(STATS)),
     MapSpec("ferry_meta", "array", ct.c_uint32, Meta, 1),
 )}
+
+
+def map_sizes(nat_max: int = NAT_MAX) -> dict[str, int]:
+    """max_entries of the maps a natMaxEntries sizes (the others keep their MapSpec size)."""
+    return {m.name: nat_max for m in MAPS.values() if m.size_macro == "FERRY_NAT_MAX"}
+
+
 # Programs: function name in bpf/*.c == kernel prog name (15 chars max) == pin file name.
 PROGRAMS = ("ferry_snat_eg", "ferry_snat_in", "ferry_eni_eg", "ferry_eni_in")
 # 2: IPv6 maps, nat_config.node_ip6; 3: meta.loader, meta.missing; 4: TCP state, randomize,
