@@ -59,6 +59,11 @@ char _license[] SEC("license") = "GPL";
 static long (*redirect_neigh)(__u32 ifindex, struct bpf_redir_neigh *params, int plen,
                               __u64 flags) = (void *)BPF_FUNC_redirect_neigh;
 
+/* The NAT's clock: CLOCK_MONOTONIC at tick resolution (5.11+), no clocksource read per packet;
+ * its timestamps are compared with seconds-long timeouts and a 0.5 s reuse delay only. Declared
+ * here for both builds (bcc 0.26's helpers.h lacks it). */
+static __u64 (*nat_clock)(void) = (void *)BPF_FUNC_ktime_get_coarse_ns;
+
 #define IP_OFF ETH_HLEN
 #define IP_CSUM_OFF (ETH_HLEN + offsetof(struct iphdr, check))
 #define IP_SRC_OFF (ETH_HLEN + offsetof(struct iphdr, saddr))

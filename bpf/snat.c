@@ -278,7 +278,7 @@ static __always_inline int nat_alloc4(struct nat_config *cfg, struct pkt4 *p,
     struct nat_tuple4 rk = {};
     struct nat_entry4 rv = {};
     __u32 port = port_first(cfg, &p->l4, p->saddr ^ p->daddr);
-    __u64 now = bpf_ktime_get_ns();
+    __u64 now = nat_clock();
     int i, why;
 
     rk.saddr = p->daddr;
@@ -371,7 +371,7 @@ static __always_inline int snat4_eg(struct __sk_buff *skb)
     fk.sport = p.l4.sport;
     fk.dport = p.l4.dport;
     fk.proto = p.l4.proto;
-    now = bpf_ktime_get_ns();
+    now = nat_clock();
     e = map_lookup(ferry_nat_fwd, &fk);
     if (e) {
         touch(&e->last_used, now);
@@ -534,7 +534,7 @@ static __always_inline int snat4_in(struct __sk_buff *skb)
         count(STAT_NO_MAPPING);
         return TC_ACT_OK;
     }
-    now = bpf_ktime_get_ns();
+    now = nat_clock();
     touch(&e->last_used, now);
     flags = tcp_flags(skb, &p.l4);
     if (flags & (TH_FIN | TH_RST))
@@ -611,7 +611,7 @@ static __always_inline int nat_alloc6(struct nat_config *cfg, struct pkt6 *p,
     struct nat_tuple6 rk = {};
     struct nat_entry6 rv = {};
     __u32 port = port_first(cfg, &p->l4, fold6(p->saddr) ^ fold6(p->daddr));
-    __u64 now = bpf_ktime_get_ns();
+    __u64 now = nat_clock();
     int i, why;
 
     __builtin_memcpy(rk.saddr, p->daddr, 16);
@@ -691,7 +691,7 @@ static __always_inline int snat6_eg(struct __sk_buff *skb)
     fk.sport = p.l4.sport;
     fk.dport = p.l4.dport;
     fk.proto = p.l4.proto;
-    now = bpf_ktime_get_ns();
+    now = nat_clock();
     e = map_lookup(ferry_nat_fwd6, &fk);
     if (e) {
         touch(&e->last_used, now);
@@ -816,7 +816,7 @@ static __always_inline int snat6_in(struct __sk_buff *skb)
         count(STAT_NO_MAPPING);
         return TC_ACT_OK;
     }
-    now = bpf_ktime_get_ns();
+    now = nat_clock();
     touch(&e->last_used, now);
     flags = tcp_flags(skb, &p.l4);
     if (flags & (TH_FIN | TH_RST))

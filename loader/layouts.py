@@ -107,7 +107,8 @@ class NatTuple4(_Struct):
 
 class NatEntry4(_Struct):
     """What to rewrite to: forward entries hold node IP + allocated port, reverse entries the
-    pod's IP + original port. last_used is bpf_ktime_get_ns() (CLOCK_MONOTONIC) for the GC,
+    pod's IP + original port. last_used is bpf_ktime_get_coarse_ns() (CLOCK_MONOTONIC at tick
+    resolution) for the GC,
     rewritten at most every NAT_TOUCH_NS. TCP state lives in the reverse entry (the port's
     claim): tcp_out what the pod sent, tcp_in what came back (0, TCP_FIN, TCP_RST); each is
     written by one direction only, so the two programs never race on a byte."""
