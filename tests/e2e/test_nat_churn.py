@@ -176,6 +176,9 @@ def test_exhausted_range_counts_failures_and_keeps_flows_that_have_a_port(mode: 
             after = _metrics(node.ns)
             assert after['ferry_nat_alloc_failures_total{family="ipv4"}'] >= 2, after
             assert after['ferry_nat_entries{family="ipv4"}'] >= 8
+            if mode == "ebpf":  # every one of the 2 x 128 tries met a live (open) flow
+                assert after['ferry_nat_port_refusals_total{reason="open"}'] >= 2 * 128, after
+                assert after['ferry_nat_port_refusals_total{reason="refused"}'] == 0, after
             assert all(still_works(p) for p in held)  # the eight keep their ports
         finally:
             stop(*held, server)
