@@ -6,7 +6,8 @@
  * random tries. A reverse lookup miss goes to the stack: it is the node's own traffic.
  * TCP state: the reverse entry records FIN/RST per direction; once a flow is closed, a new
  * flow may take its port over after NAT_REUSE_NS (its last ACK had time to pass), as conntrack
- * lets a SYN reuse a TIME_WAIT tuple. Timestamps are rewritten at most every NAT_TOUCH_NS, so
+ * lets a SYN reuse a TIME_WAIT tuple; the later tries shorten that delay (reuse_grace) rather
+ * than drop a SYN when a destination's new flows outrun it. Timestamps are rewritten at most every NAT_TOUCH_NS, so
  * that a packet of an established flow writes nothing shared (per-CPU counters only).
  * ICMP errors about a NATed flow (IPv4 unreachable / time exceeded, ICMPv6 unreachable / packet
  * too big / time exceeded) are translated back to the pod: the outer destination and the quoted

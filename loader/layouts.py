@@ -38,7 +38,8 @@ CONSTANTS = {"EP_F_POD_ENI": EP_F_POD_ENI, "NAT_RETRIES": 128, "ETH_HLEN": 14,
              "NAT_TOUCH_NS": 1_000_000_000,
              # a closed TCP flow's port goes to a new flow 0.5 s after it closed: its last ACK,
              # or one retransmission of the peer's FIN (RTO >= 200 ms), had time to pass;
-             # 4,536 ports then carry ~9,000 new flows/s to one destination
+             # 4,536 ports then carry ~9,000 new flows/s to one destination; beyond that the
+             # later tries of an allocation shorten the delay (bpf/snat.c reuse_grace)
              "NAT_REUSE_NS": 500_000_000,
              **{f"STAT_{name.upper()}": i for i, name in enumerate(STATS)},
              "STAT_COUNT": len(STATS)}
