@@ -11,8 +11,9 @@
  * that a packet of an established flow writes nothing shared (per-CPU counters only).
  * ICMP errors about a NATed flow (IPv4 unreachable / time exceeded, ICMPv6 unreachable / packet
  * too big / time exceeded) are translated back to the pod: the outer destination and the quoted
- * header, with all their checksums. IPv4 fragments follow their first fragment's translation
- * through ferry_frag4 (keyed by addresses, IP id and protocol), both directions.
+ * header, with all their checksums. Fragments follow their first fragment's translation
+ * through ferry_frag4 / ferry_frag6 (keyed by addresses, IP id or the IPv6 fragment header's
+ * identification, and protocol), both directions.
  * The families differ only in their addresses (maps, L3 checksum); ports, echo ids, the L4
  * checksum of the port and the port choice are shared helpers on struct l4. */
 #include "common.h"
@@ -568,10 +569,14 @@ static __always_inline int rewrite6(struct __sk_buff *skb, struct pkt6 *p, int s
     __u32 *old_addr = src ? p->saddr : p->daddr;
     __s64 diff = bpf_csum_diff(old_addr, 16, new_addr, 16, 0);
 
-    if (diff < 0 || csum_pseudo6(skb, l4_csum_off(&p->l4), diff, l4_csum_flags(&p->l4)) < 0)
-        return -1;
-    if (rewrite_port(skb, &p->l4, src, new_port) < 0)
-        return -1;
+    /* A later fragment has no L4 header (its checksum is in the first): the address only. */
+    if (p->frag != FRAG_LATER) {
+        if (diff < 0 ||
+            csum_pseudo6(skb, l4_csum_off(&p->l4), diff, l4_csum_flags(&p->l4)) < 0)
+            return -1;
+        if (rewrite_port(skb, &p->l4, src, new_port) < 0)
+            return -1;
+    }
     if (bpf_skb_store_bytes(skb, src ? IP6_SRC_OFF : IP6_DST_OFF, new_addr, 16, 0) < 0)
         return -1;
     return 0;
@@ -580,6 +585,36 @@ static __always_inline int rewrite6(struct __sk_buff *skb, struct pkt6 *p, int s
 static __always_inline __u32 fold6(const __u32 *a)
 {
     return a[0] ^ a[1] ^ a[2] ^ a[3];
+}
+
+/* frag4 for IPv6 (ferry_frag6, keyed by the fragment header's identification). */
+static __always_inline int frag6(struct pkt6 *p)
+{
+    struct frag6_key k = {};
+    struct frag4_ports v = {};
+    struct frag4_ports *seen;
+
+    if (p->frag == FRAG_NONE)
+        return 0;
+    __builtin_memcpy(k.saddr, p->saddr, 16);
+    __builtin_memcpy(k.daddr, p->daddr, 16);
+    k.id = p->id;
+    k.proto = p->l4.proto;
+    if (p->frag == FRAG_FIRST) {
+        v.sport = p->l4.sport;
+        v.dport = p->l4.dport;
+        v.kind = p->l4.kind;
+        map_update(ferry_frag6, &k, &v, BPF_ANY);
+        return 0;
+    }
+    seen = map_lookup(ferry_frag6, &k);
+    if (!seen)
+        return -1;
+    p->l4.sport = seen->sport;
+    p->l4.dport = seen->dport;
+    p->l4.kind = seen->kind;
+    count(STAT_FRAGMENT);
+    return 0;
 }
 
 /* reclaim4 for IPv6. */
@@ -681,11 +716,19 @@ static __always_inline int snat6_eg(struct __sk_buff *skb)
     __u8 flags;
 
     /* Only TCP, UDP and echo requests: NDP, MLD and ICMPv6 errors pass untouched. */
-    if (parse6(skb, &p) < 0 || !snat_kind(&p.l4))
+    if (parse6(skb, &p) < 0 || (!snat_kind(&p.l4) && p.frag != FRAG_LATER))
         return TC_ACT_OK;
     cfg = nat_cfg();
     if (!snat_cfg_ok(cfg) || ip6_zero(cfg->node_ip6))
         return TC_ACT_OK;
+    if (p.frag != FRAG_NONE) {
+        if (!snat6_wanted(&p))
+            return TC_ACT_OK;
+        if (frag6(&p) < 0) {
+            count(STAT_FRAGMENT_UNKNOWN); /* as in snat4_eg */
+            return TC_ACT_OK;
+        }
+    }
 
     __builtin_memcpy(fk.saddr, p.saddr, 16);
     __builtin_memcpy(fk.daddr, p.daddr, 16);
@@ -700,7 +743,7 @@ static __always_inline int snat6_eg(struct __sk_buff *skb)
         if (flags & (TH_FIN | TH_RST | TH_SYN))
             tcp_out6(&fk, e, flags, now);
     } else {
-        if (!snat6_wanted(&p))
+        if (p.frag == FRAG_NONE && !snat6_wanted(&p))
             return TC_ACT_OK;
         if (nat_alloc6(cfg, &p, &fresh) < 0) {
             count(STAT_ALLOC_FAIL6);
@@ -798,13 +841,17 @@ static __always_inline int snat6_in(struct __sk_buff *skb)
 
     if (parse6(skb, &p) < 0)
         return TC_ACT_OK;
-    if (!rnat_kind(&p.l4) && p.l4.proto != IPPROTO_ICMPV6)
+    if (!rnat_kind(&p.l4) && p.l4.proto != IPPROTO_ICMPV6 && p.frag != FRAG_LATER)
         return TC_ACT_OK;
     cfg = nat_cfg();
     if (!snat_cfg_ok(cfg) || ip6_zero(cfg->node_ip6) || !ip6_eq(p.daddr, cfg->node_ip6))
         return TC_ACT_OK;
-    if (!rnat_kind(&p.l4))
+    if (p.frag != FRAG_NONE) {
+        if (frag6(&p) < 0 || !rnat_kind(&p.l4))
+            return TC_ACT_OK; /* a later fragment of the node's own traffic, or not ours */
+    } else if (!rnat_kind(&p.l4)) {
         return icmp6_is_error(skb, &p) ? icmp_err6_in(skb, &p, cfg) : TC_ACT_OK;
+    }
     if (!port_in_range(cfg, p.l4.dport))
         return TC_ACT_OK;
     __builtin_memcpy(rk.saddr, p.saddr, 16);

@@ -144,6 +144,14 @@ class Frag4Key(_Struct):
                 ("proto", ct.c_uint8), ("pad", ct.c_uint8)]
 
 
+class Frag6Key(_Struct):
+    """Frag4Key for IPv6: the fragment header's 32-bit identification."""
+
+    c_name = "frag6_key"
+    _fields_ = [("saddr", Addr6), ("daddr", Addr6), ("id", ct.c_uint32), ("proto", ct.c_uint8),
+                ("pad", ct.c_uint8 * 3)]
+
+
 class Frag4Ports(_Struct):
     """The L4 identity of a fragmented datagram, from its first fragment (struct l4's ports
     and kind), so that the later fragments, which carry no L4 header, find its NAT flow."""
@@ -237,6 +245,7 @@ MAPS: dict[str, MapSpec] = {m.name: m for m in (
             size_macro="FERRY_NAT_MAX", carried=True),
     # IPv4 fragments of NATed datagrams in flight (Cilium keeps 8k), both directions.
     MapSpec("ferry_frag4", "lru_hash", Frag4Key, Frag4Ports, 8192, carried=True),
+    MapSpec("ferry_frag6", "lru_hash", Frag6Key, Frag4Ports, 8192, carried=True),
     MapSpec("ferry_stats", "percpu_array", ct.c_uint32, Counter, len(STATS)),
     MapSpec("ferry_meta", "array", ct.c_uint32, Meta, 1),
 )}
@@ -250,8 +259,8 @@ def map_sizes(nat_max: int = NAT_MAX) -> dict[str, int]:
 # Programs: function name in bpf/*.c == kernel prog name (15 chars max) == pin file name.
 PROGRAMS = ("ferry_snat_eg", "ferry_snat_in", "ferry_eni_eg", "ferry_eni_in")
 # 2: IPv6 maps, nat_config.node_ip6; 3: meta.loader, meta.missing; 4: TCP state, randomize,
-# fragments, counters
-LAYOUT_VERSION = 4
+# fragments, counters; 5: IPv6 fragments (ferry_frag6)
+LAYOUT_VERSION = 5
 
 _C_TYPES = {ct.c_uint8: "__u8", ct.c_uint16: "__u16", ct.c_uint32: "__u32",
             ct.c_uint64: "__u64"}
