@@ -342,6 +342,164 @@ static __always_inline int snat4_wanted(struct pkt4 *p)
     return !map_lookup(ferry_snat_excl, &lk);
 }
 
+/* Checksum-neutral edits inside an ICMP error's quoted datagram: the field at `off` goes from
+ * `from` to `to` (2 or 4 bytes), the ICMP checksum at `csum_off` follows (it sums the quote
+ * as payload, no pseudo-header). */
+static __always_inline int icmp_quote_store(struct __sk_buff *skb, __u32 csum_off, __u32 off,
+                                            __u32 from, __u32 to, __u32 size)
+{
+    if (bpf_l4_csum_replace(skb, csum_off, from, to, size) < 0)
+        return -1;
+    return bpf_skb_store_bytes(skb, off, &to, size, 0) < 0 ? -1 : 0;
+}
+
+/* A 16-bit checksum inside the quote changed by (from -> to, size): apply the change to it,
+ * and the change of its own bytes to the ICMP checksum. `flags` as bpf_l4_csum_replace's
+ * (UDP: BPF_F_MARK_MANGLED_0). A checksum beyond the quoted bytes is left alone. */
+static __always_inline int icmp_quote_csum(struct __sk_buff *skb, __u32 icmp_csum_off,
+                                           __u32 off, __u32 from, __u32 to, __u64 flags)
+{
+    __u16 before, after;
+
+    if (bpf_skb_load_bytes(skb, off, &before, 2) < 0)
+        return 0;
+    if (bpf_l4_csum_replace(skb, off, from, to, flags) < 0)
+        return -1;
+    if (bpf_skb_load_bytes(skb, off, &after, 2) < 0)
+        return -1;
+    return bpf_l4_csum_replace(skb, icmp_csum_off, before, after, 2) < 0 ? -1 : 0;
+}
+
+/* The quoted L4 header's source (src) or destination port, or its echo id: its own checksum
+ * (which covers the port and, for TCP and UDP, the quoted address through its pseudo-header)
+ * and the ICMP one. */
+static __always_inline int icmp_quote_l4(struct __sk_buff *skb, __u32 icmp_csum_off,
+                                         struct l4 *in, int src, __u32 old_addr,
+                                         __u32 new_addr, __u16 new_port)
+{
+    __u32 csum = l4_csum_off(in);
+    __u64 flags = l4_csum_flags(in);
+    __u16 old_port = src ? in->sport : in->dport;
+    __u32 port_off = in->kind == L4_PORTS ? in->off + (src ? 0 : 2) :
+                     in->off + offsetof(struct icmphdr, un.echo.id);
+
+    if (in->kind == L4_PORTS &&
+        icmp_quote_csum(skb, icmp_csum_off, csum, old_addr, new_addr, flags | 4) < 0)
+        return -1;
+    if (icmp_quote_csum(skb, icmp_csum_off, csum, old_port, new_port, flags | 2) < 0)
+        return -1;
+    return icmp_quote_store(skb, icmp_csum_off, port_off, old_port, new_port, 2);
+}
+
+/* An ICMP error to the node IP quoting a datagram the SNAT sent (source: node IP and a NAT
+ * port or echo id): back to the pod, quote included. Anything else goes to the stack. */
+static __always_inline int icmp_err4_in(struct __sk_buff *skb, struct pkt4 *p,
+                                        struct nat_config *cfg)
+{
+    struct iphdr in;
+    struct l4 il = {};
+    struct nat_tuple4 rk = {};
+    struct nat_entry4 *e;
+    __u32 quote = p->l4.off + sizeof(struct icmphdr);
+    __u32 icmp_csum = p->l4.off + offsetof(struct icmphdr, checksum);
+    __u32 node = cfg->node_ip;
+
+    if (bpf_skb_load_bytes(skb, quote, &in, sizeof(in)) < 0 || in.ihl < 5 ||
+        in.saddr != node || (in.frag_off & bpf_htons(0x1fff)))
+        return TC_ACT_OK;
+    il.proto = in.protocol;
+    il.off = quote + in.ihl * 4;
+    parse_l4(skb, &il, IPPROTO_ICMP, ICMP_ECHO, ICMP_ECHOREPLY);
+    if (il.kind != L4_PORTS && il.kind != L4_ECHO_REQ)
+        return TC_ACT_OK;
+    rk.saddr = in.daddr;
+    rk.daddr = node;
+    rk.sport = il.kind == L4_PORTS ? il.dport : 0;
+    rk.dport = il.sport;
+    rk.proto = il.proto;
+    if (!port_in_range(cfg, rk.dport))
+        return TC_ACT_OK;
+    e = map_lookup(ferry_nat_rev, &rk);
+    if (!e) {
+        count(STAT_NO_MAPPING);
+        return TC_ACT_OK;
+    }
+    /* The quote: its L4 part, then its source address with the quoted IP checksum. */
+    if (icmp_quote_l4(skb, icmp_csum, &il, 1, node, e->addr, e->port) < 0 ||
+        icmp_quote_csum(skb, icmp_csum, quote + offsetof(struct iphdr, check), node, e->addr,
+                        4) < 0 ||
+        icmp_quote_store(skb, icmp_csum, quote + offsetof(struct iphdr, saddr), node, e->addr,
+                         4) < 0)
+        goto drop;
+    /* The outer destination: the IP checksum only (ICMP has no pseudo-header). */
+    if (bpf_l3_csum_replace(skb, IP_CSUM_OFF, node, e->addr, 4) < 0 ||
+        bpf_skb_store_bytes(skb, IP_DST_OFF, &e->addr, 4, 0) < 0)
+        goto drop;
+    count(STAT_ICMP_ERROR);
+    return TC_ACT_OK;
+drop:
+    count(STAT_DROP_REWRITE);
+    return TC_ACT_SHOT;
+}
+
+static __always_inline int icmp4_is_error(struct __sk_buff *skb, struct pkt4 *p)
+{
+    __u8 type;
+
+    if (p->l4.proto != IPPROTO_ICMP || p->frag != FRAG_NONE ||
+        bpf_skb_load_bytes(skb, p->l4.off, &type, 1) < 0)
+        return 0;
+    return type == ICMP_DEST_UNREACH || type == ICMP_TIME_EXCEEDED ||
+           type == ICMP_PARAMETERPROB;
+}
+
+/* An ICMP error that a pod, or the node forwarding to it, sends about a datagram the SNAT
+ * translated inbound (the quote: ext -> pod IP and port): the quote back to what ext sent
+ * (the node IP and the NAT port, found by the flow's forward entry), and a pod's own source
+ * to the node IP, so that ext's stack matches it to its socket. Anything else as it is. */
+static __always_inline int icmp_err4_eg(struct __sk_buff *skb, struct pkt4 *p,
+                                        struct nat_config *cfg)
+{
+    struct iphdr in;
+    struct l4 il = {};
+    struct nat_tuple4 fk = {};
+    struct nat_entry4 *e;
+    __u32 quote = p->l4.off + sizeof(struct icmphdr);
+    __u32 icmp_csum = p->l4.off + offsetof(struct icmphdr, checksum);
+    __u32 node = cfg->node_ip;
+
+    if (bpf_skb_load_bytes(skb, quote, &in, sizeof(in)) < 0 || in.ihl < 5 ||
+        (in.frag_off & bpf_htons(0x1fff)))
+        return TC_ACT_OK;
+    il.proto = in.protocol;
+    il.off = quote + in.ihl * 4;
+    parse_l4(skb, &il, IPPROTO_ICMP, ICMP_ECHO, ICMP_ECHOREPLY);
+    if (il.kind != L4_PORTS)
+        return TC_ACT_OK;
+    fk.saddr = in.daddr;
+    fk.daddr = in.saddr;
+    fk.sport = il.dport;
+    fk.dport = il.sport;
+    fk.proto = il.proto;
+    e = map_lookup(ferry_nat_fwd, &fk);
+    if (!e)
+        return TC_ACT_OK;
+    if (icmp_quote_l4(skb, icmp_csum, &il, 0, in.daddr, e->addr, e->port) < 0 ||
+        icmp_quote_csum(skb, icmp_csum, quote + offsetof(struct iphdr, check), in.daddr,
+                        e->addr, 4) < 0 ||
+        icmp_quote_store(skb, icmp_csum, quote + offsetof(struct iphdr, daddr), in.daddr,
+                         e->addr, 4) < 0)
+        goto drop;
+    if (p->saddr != node && (bpf_l3_csum_replace(skb, IP_CSUM_OFF, p->saddr, node, 4) < 0 ||
+                             bpf_skb_store_bytes(skb, IP_SRC_OFF, &node, 4, 0) < 0))
+        goto drop;
+    count(STAT_ICMP_ERROR);
+    return TC_ACT_OK;
+drop:
+    count(STAT_DROP_REWRITE);
+    return TC_ACT_SHOT;
+}
+
 static __always_inline int snat4_eg(struct __sk_buff *skb)
 {
     struct pkt4 p = {};
@@ -352,11 +510,14 @@ static __always_inline int snat4_eg(struct __sk_buff *skb)
     __u64 now;
     __u8 flags;
 
-    if (parse4(skb, &p) < 0 || (!snat_kind(&p.l4) && p.frag != FRAG_LATER))
+    if (parse4(skb, &p) < 0 ||
+        (!snat_kind(&p.l4) && p.frag != FRAG_LATER && p.l4.proto != IPPROTO_ICMP))
         return TC_ACT_OK;
     cfg = nat_cfg();
     if (!snat_cfg_ok(cfg) || !cfg->node_ip)
         return TC_ACT_OK;
+    if (!snat_kind(&p.l4) && p.frag != FRAG_LATER) /* ICMP but an echo request */
+        return icmp4_is_error(skb, &p) ? icmp_err4_eg(skb, &p, cfg) : TC_ACT_OK;
     if (p.frag != FRAG_NONE) {
         if (!snat4_wanted(&p))
             return TC_ACT_OK;
@@ -396,114 +557,6 @@ static __always_inline int snat4_eg(struct __sk_buff *skb)
     }
     count(STAT_XLATE_EG4);
     return TC_ACT_OK;
-}
-
-/* Checksum-neutral edits inside an ICMP error's quoted datagram: the field at `off` goes from
- * `from` to `to` (2 or 4 bytes), the ICMP checksum at `csum_off` follows (it sums the quote
- * as payload, no pseudo-header). */
-static __always_inline int icmp_quote_store(struct __sk_buff *skb, __u32 csum_off, __u32 off,
-                                            __u32 from, __u32 to, __u32 size)
-{
-    if (bpf_l4_csum_replace(skb, csum_off, from, to, size) < 0)
-        return -1;
-    return bpf_skb_store_bytes(skb, off, &to, size, 0) < 0 ? -1 : 0;
-}
-
-/* A 16-bit checksum inside the quote changed by (from -> to, size): apply the change to it,
- * and the change of its own bytes to the ICMP checksum. `flags` as bpf_l4_csum_replace's
- * (UDP: BPF_F_MARK_MANGLED_0). A checksum beyond the quoted bytes is left alone. */
-static __always_inline int icmp_quote_csum(struct __sk_buff *skb, __u32 icmp_csum_off,
-                                           __u32 off, __u32 from, __u32 to, __u64 flags)
-{
-    __u16 before, after;
-
-    if (bpf_skb_load_bytes(skb, off, &before, 2) < 0)
-        return 0;
-    if (bpf_l4_csum_replace(skb, off, from, to, flags) < 0)
-        return -1;
-    if (bpf_skb_load_bytes(skb, off, &after, 2) < 0)
-        return -1;
-    return bpf_l4_csum_replace(skb, icmp_csum_off, before, after, 2) < 0 ? -1 : 0;
-}
-
-/* The quoted L4 header's source port or echo id: its own checksum (which covers the port and,
- * for TCP and UDP, the quoted source address through its pseudo-header) and the ICMP one. */
-static __always_inline int icmp_quote_l4(struct __sk_buff *skb, __u32 icmp_csum_off,
-                                         struct l4 *in, __u32 old_addr, __u32 new_addr,
-                                         __u16 new_port)
-{
-    __u32 csum = l4_csum_off(in);
-    __u64 flags = l4_csum_flags(in);
-    __u32 port_off = in->kind == L4_PORTS ? in->off : in->off + offsetof(struct icmphdr, un.echo.id);
-
-    if (in->kind == L4_PORTS &&
-        icmp_quote_csum(skb, icmp_csum_off, csum, old_addr, new_addr, flags | 4) < 0)
-        return -1;
-    if (icmp_quote_csum(skb, icmp_csum_off, csum, in->sport, new_port, flags | 2) < 0)
-        return -1;
-    return icmp_quote_store(skb, icmp_csum_off, port_off, in->sport, new_port, 2);
-}
-
-/* An ICMP error to the node IP quoting a datagram the SNAT sent (source: node IP and a NAT
- * port or echo id): back to the pod, quote included. Anything else goes to the stack. */
-static __always_inline int icmp_err4_in(struct __sk_buff *skb, struct pkt4 *p,
-                                        struct nat_config *cfg)
-{
-    struct iphdr in;
-    struct l4 il = {};
-    struct nat_tuple4 rk = {};
-    struct nat_entry4 *e;
-    __u32 quote = p->l4.off + sizeof(struct icmphdr);
-    __u32 icmp_csum = p->l4.off + offsetof(struct icmphdr, checksum);
-    __u32 node = cfg->node_ip;
-
-    if (bpf_skb_load_bytes(skb, quote, &in, sizeof(in)) < 0 || in.ihl < 5 ||
-        in.saddr != node || (in.frag_off & bpf_htons(0x1fff)))
-        return TC_ACT_OK;
-    il.proto = in.protocol;
-    il.off = quote + in.ihl * 4;
-    parse_l4(skb, &il, IPPROTO_ICMP, ICMP_ECHO, ICMP_ECHOREPLY);
-    if (il.kind != L4_PORTS && il.kind != L4_ECHO_REQ)
-        return TC_ACT_OK;
-    rk.saddr = in.daddr;
-    rk.daddr = node;
-    rk.sport = il.kind == L4_PORTS ? il.dport : 0;
-    rk.dport = il.sport;
-    rk.proto = il.proto;
-    if (!port_in_range(cfg, rk.dport))
-        return TC_ACT_OK;
-    e = map_lookup(ferry_nat_rev, &rk);
-    if (!e) {
-        count(STAT_NO_MAPPING);
-        return TC_ACT_OK;
-    }
-    /* The quote: its L4 part, then its source address with the quoted IP checksum. */
-    if (icmp_quote_l4(skb, icmp_csum, &il, node, e->addr, e->port) < 0 ||
-        icmp_quote_csum(skb, icmp_csum, quote + offsetof(struct iphdr, check), node, e->addr,
-                        4) < 0 ||
-        icmp_quote_store(skb, icmp_csum, quote + offsetof(struct iphdr, saddr), node, e->addr,
-                         4) < 0)
-        goto drop;
-    /* The outer destination: the IP checksum only (ICMP has no pseudo-header). */
-    if (bpf_l3_csum_replace(skb, IP_CSUM_OFF, node, e->addr, 4) < 0 ||
-        bpf_skb_store_bytes(skb, IP_DST_OFF, &e->addr, 4, 0) < 0)
-        goto drop;
-    count(STAT_ICMP_ERROR);
-    return TC_ACT_OK;
-drop:
-    count(STAT_DROP_REWRITE);
-    return TC_ACT_SHOT;
-}
-
-static __always_inline int icmp4_is_error(struct __sk_buff *skb, struct pkt4 *p)
-{
-    __u8 type;
-
-    if (p->l4.proto != IPPROTO_ICMP || p->frag != FRAG_NONE ||
-        bpf_skb_load_bytes(skb, p->l4.off, &type, 1) < 0)
-        return 0;
-    return type == ICMP_DEST_UNREACH || type == ICMP_TIME_EXCEEDED ||
-           type == ICMP_PARAMETERPROB;
 }
 
 static __always_inline int snat4_in(struct __sk_buff *skb)

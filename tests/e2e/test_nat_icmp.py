@@ -266,3 +266,49 @@ def test_4000_byte_udp_each_way_over_ipv6_in_fragments(dp: DataplaneNode) -> Non
         srv.kill()
         srv.wait()
     assert got == "3", f"4,000-byte IPv6 datagrams lost (echoed back: {got} of 3)"
+
+
+# ext's side of an inbound flow that the pod has closed: learn the node's address and port
+# from the pod's datagram, then (on "go") send back to it on a connected socket and say
+# whether the pod's port unreachable came back as ECONNREFUSED (it matches the socket only
+# if its quote shows what ext sent: to the node IP and NAT port, from ext's port).
+CLOSED_PEER = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((sys.argv[1], int(sys.argv[2])))
+print("ready", flush=True)
+_, peer = s.recvfrom(100)
+print(peer[0], flush=True)
+sys.stdin.readline()
+s.connect(peer); s.settimeout(3)
+for _ in range(3):
+    s.send(b"late")
+    try:
+        s.recv(100)
+    except ConnectionRefusedError:
+        print("refused", flush=True); break
+    except socket.timeout:
+        pass
+else:
+    print("no error", flush=True)
+"""
+
+
+def test_a_pods_port_unreachable_about_an_inbound_flow_reaches_ext_translated(
+        dp: DataplaneNode) -> None:
+    pod = dp.add_pod("unreach-in")
+    node = dp.node
+    peer = node.ext.popen("python3", "-c", CLOSED_PEER, node.ext_ip4, "7403",
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert peer.stdout is not None and peer.stdin is not None
+        assert peer.stdout.readline().strip() == "ready"
+        pod.ns.run("python3", "-c", "import socket,sys; c=socket.socket(socket.AF_INET, "
+                   "socket.SOCK_DGRAM); c.sendto(b'x', (sys.argv[1], 7403)); c.close()",
+                   node.ext_ip4)
+        assert peer.stdout.readline().strip() == node.node_ip4  # SNATed
+        peer.stdin.write("go\n")
+        peer.stdin.flush()
+        assert peer.stdout.readline().strip() == "refused"
+    finally:
+        peer.kill()
+        peer.wait()
