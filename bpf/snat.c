@@ -216,6 +216,26 @@ static __always_inline int rewrite4(struct __sk_buff *skb, struct pkt4 *p, int s
     return 0;
 }
 
+/* Fragments, both families: the first fragment's L4 identity (struct l4's ports and kind), and
+ * a later fragment taking it back (-1: its first fragment was not seen). */
+static __always_inline void frag_record(struct frag4_ports *v, struct l4 *l4)
+{
+    v->sport = l4->sport;
+    v->dport = l4->dport;
+    v->kind = l4->kind;
+}
+
+static __always_inline int frag_follow(struct l4 *l4, struct frag4_ports *seen)
+{
+    if (!seen)
+        return -1;
+    l4->sport = seen->sport;
+    l4->dport = seen->dport;
+    l4->kind = seen->kind;
+    count(STAT_FRAGMENT);
+    return 0;
+}
+
 /* Fragments: the first one records its L4 identity under the datagram's (addresses, id,
  * proto); a later one takes it back, so that it follows the same NAT entry. 0: p->l4 is the
  * datagram's; -1: a later fragment whose first fragment was not seen. */
@@ -223,7 +243,6 @@ static __always_inline int frag4(struct pkt4 *p)
 {
     struct frag4_key k = {};
     struct frag4_ports v = {};
-    struct frag4_ports *seen;
 
     if (p->frag == FRAG_NONE)
         return 0;
@@ -232,20 +251,11 @@ static __always_inline int frag4(struct pkt4 *p)
     k.id = p->id;
     k.proto = p->l4.proto;
     if (p->frag == FRAG_FIRST) {
-        v.sport = p->l4.sport;
-        v.dport = p->l4.dport;
-        v.kind = p->l4.kind;
+        frag_record(&v, &p->l4);
         map_update(ferry_frag4, &k, &v, BPF_ANY);
         return 0;
     }
-    seen = map_lookup(ferry_frag4, &k);
-    if (!seen)
-        return -1;
-    p->l4.sport = seen->sport;
-    p->l4.dport = seen->dport;
-    p->l4.kind = seen->kind;
-    count(STAT_FRAGMENT);
-    return 0;
+    return frag_follow(&p->l4, map_lookup(ferry_frag4, &k));
 }
 
 /* A new flow takes over the port of a closed TCP flow: the old flow's forward entry goes (its
@@ -645,7 +655,6 @@ static __always_inline int frag6(struct pkt6 *p)
 {
     struct frag6_key k = {};
     struct frag4_ports v = {};
-    struct frag4_ports *seen;
 
     if (p->frag == FRAG_NONE)
         return 0;
@@ -654,20 +663,11 @@ static __always_inline int frag6(struct pkt6 *p)
     k.id = p->id;
     k.proto = p->l4.proto;
     if (p->frag == FRAG_FIRST) {
-        v.sport = p->l4.sport;
-        v.dport = p->l4.dport;
-        v.kind = p->l4.kind;
+        frag_record(&v, &p->l4);
         map_update(ferry_frag6, &k, &v, BPF_ANY);
         return 0;
     }
-    seen = map_lookup(ferry_frag6, &k);
-    if (!seen)
-        return -1;
-    p->l4.sport = seen->sport;
-    p->l4.dport = seen->dport;
-    p->l4.kind = seen->kind;
-    count(STAT_FRAGMENT);
-    return 0;
+    return frag_follow(&p->l4, map_lookup(ferry_frag6, &k));
 }
 
 /* reclaim4 for IPv6. */

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 from dataplane_support import MODES, DataplaneNode, dataplane_node
-from harness import Netns
+from harness import Netns, Pod
 
 FAR4, FAR6 = "10.96.0.2", "fd96::2"
 EXT_FAR4, EXT_FAR6 = "10.96.0.1", "fd96::1"
@@ -230,17 +230,23 @@ while True:
 """
 
 
-def test_4000_byte_udp_and_ping_each_way_in_fragments(dp: DataplaneNode) -> None:
-    pod = dp.add_pod("frag")
-    node = dp.node
-    srv = node.ext.popen("python3", "-c", UDP_ECHO, node.ext_ip4, "7401",
-                         stdout=subprocess.PIPE, text=True)
+def big_udp_echoed(dp: DataplaneNode, pod: Pod, ip: str, port: int) -> str:
+    """How many of BIG_UDP's three 4,000-byte datagrams a UDP echo server at ip:port in ext
+    sent back to the pod."""
+    srv = dp.node.ext.popen("python3", "-c", UDP_ECHO, ip, str(port), stdout=subprocess.PIPE,
+                            text=True)
     try:
         assert srv.stdout is not None and srv.stdout.readline().strip() == "ready"
-        got = pod.ns.run("python3", "-c", BIG_UDP, node.ext_ip4, "7401").strip()
+        return pod.ns.run("python3", "-c", BIG_UDP, ip, str(port)).strip()
     finally:
         srv.kill()
         srv.wait()
+
+
+def test_4000_byte_udp_and_ping_each_way_in_fragments(dp: DataplaneNode) -> None:
+    pod = dp.add_pod("frag")
+    node = dp.node
+    got = big_udp_echoed(dp, pod, node.ext_ip4, 7401)
     assert got == "3", f"4,000-byte datagrams lost (echoed back: {got} of 3)"
     ping = pod.ns.run("ping", "-c", "2", "-W", "3", "-s", "4000", node.ext_ip4, check=False)
     assert " 0% packet loss" in ping, ping
@@ -257,14 +263,7 @@ def test_4000_byte_udp_each_way_over_ipv6_in_fragments(dp: DataplaneNode) -> Non
     # about an inbound NATed flow, which only iptables translates back to the node's address
     # so far (the README's limits).
     node.ext.ip("link", "set", "ext0", "mtu", "1400")
-    srv = node.ext.popen("python3", "-c", UDP_ECHO, node.ext_ip6, "7402",
-                         stdout=subprocess.PIPE, text=True)
-    try:
-        assert srv.stdout is not None and srv.stdout.readline().strip() == "ready"
-        got = pod.ns.run("python3", "-c", BIG_UDP, node.ext_ip6, "7402").strip()
-    finally:
-        srv.kill()
-        srv.wait()
+    got = big_udp_echoed(dp, pod, node.ext_ip6, 7402)
     assert got == "3", f"4,000-byte IPv6 datagrams lost (echoed back: {got} of 3)"
 
 
