@@ -3,7 +3,8 @@ generators: new TCP connections per second and their latency (wrk, every request
 connection, against nginx), TCP stream throughput and 64-byte UDP packets per second
 (iperf3), with 1, 1,000 and 10,000 pods wired.
 
-    .venv/bin/python bench/dataplanes.py [--pods 1,1000,10000] [--seconds 10] [--rounds 2]
+    .venv/bin/python bench/dataplanes.py [--pods 1,1000,10000] [--seconds 5] [--rounds 6]
+                                         [--cost-rounds 4] [--pin 0,1]
 
 Per mode a simulated node (tests/harness.py, `ferryctl load`), one real pod wired by the
 `ferry` binary, and an 'ext' namespace running nginx (one worker, `return 200`) and iperf3:
@@ -24,10 +25,20 @@ figures taken side by side.
 wrk runs `-t1 -c32 -H 'Connection: close'` from the pod (nginx closes each connection: its
 TIME_WAIT is in ext, none in the pod); snatPortRange is 1024-65535 so that the ~100k
 connections of a run never wait for ports, and natMaxEntries twice that. iperf3 runs
--t --seconds, TCP one stream, UDP -b 0 -l 64 (what the server received). The modes take
-turns round by round, so that machine noise hits them alike; the best round of each figure
-is kept. With --bpf-stats the kernel's per-program run time (BPF_ENABLE_STATS, off again at
-exit) gives ns per packet of the SNAT programs. Everything is removed at exit, also on error.
+-t --seconds, TCP one stream, UDP -b 0 -l 64 (the datagrams delivered to ext's UDP layer per
+second, see udp_delivered; "to app": what iperf3's server read, bounded by its CPU), client
+and server pinned to the CPUs of --pin (taskset) so that runs do not trade places.
+Noise: other work on the machine moves every figure by tens of percent from minute to minute.
+So the modes take turns in ABBA order (routed ebpf iptables, iptables ebpf routed, ...), many
+short rounds; a figure is the median of its rounds and a ratio the median of the per-round
+ratios (each from two figures taken a minute apart at most), printed with its [min-max] spread.
+The per-packet cost, which throughput cannot show below that noise, is measured apart in
+--cost-rounds extra 64-byte UDP rounds of routed and eBPF: the CPU time per sent packet of the
+iperf3 client and server (getrusage of the children; this kernel has no IRQ time accounting,
+so the softirq work done in their context, the whole veth path, is charged to them), and the
+SNAT programs' own run time per sent packet (BPF_ENABLE_STATS, on only in those rounds): their
+ratio is the SNAT's share of the path's CPU per packet.
+Everything is removed at exit, also on error.
 """
 
 from __future__ import annotations
@@ -37,11 +48,13 @@ import contextlib
 import ctypes
 import json
 import re
+import resource
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +64,7 @@ sys.path.insert(0, str(ROOT))
 
 from dataplane_support import DataplaneNode, dataplane_node  # noqa: E402
 from harness import Netns  # noqa: E402
-from snat import iperf  # noqa: E402  (bench/ is the script's directory)
+from snat import iperf_figure, iperf_run  # noqa: E402  (bench/: the script's dir)
 
 MODES = ("routed", "ebpf", "iptables")
 PORTS = "1024-65535"
@@ -188,81 +201,177 @@ def prog_stats(dp: DataplaneNode) -> dict[str, tuple[int, int]]:
     return out
 
 
-def measure(setups: dict[str, tuple[DataplaneNode, Netns, float]], seconds: float,
-            rounds: int) -> dict[str, dict[str, float]]:
-    res: dict[str, dict[str, float]] = {m: {} for m in setups}
+def cpu_seconds() -> float:
+    """CPU time of this process's waited-for children (the iperf3 client and server, and the
+    softirq work done in their context: this kernel charges it to the running task)."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def one_round(mode: str, dp: DataplaneNode, pod: Netns, seconds: float,
+              cpus: tuple[str, str] | None) -> dict[str, float]:
+    ip = dp.node.ext_ip4
+    out: dict[str, float] = dict(wrk(pod, ip, seconds))
+    out["tcp_bps"] = iperf_figure(iperf_run(dp.node, pod, seconds, False, ip, cpus), False)
+    cpu0, udp0 = cpu_seconds(), udp_delivered(dp.node.ext)
+    end = iperf_run(dp.node, pod, seconds, True, ip, cpus)
+    out["udp_pps"] = (udp_delivered(dp.node.ext) - udp0) / end["sum"]["seconds"]
+    out["udp_app_pps"] = iperf_figure(end, True)
+    out["udp_cpu_ns_per_pkt"] = (cpu_seconds() - cpu0) * 1e9 / max(end["sum"]["packets"], 1)
+    return out
+
+
+def udp_delivered(ns: Netns) -> int:
+    """Datagrams that reached the UDP layer of `ns` (its /proc/net/snmp InDatagrams plus
+    InErrors): what the dataplane delivered, whether the server's socket had room or not. With
+    -b 0 the 64-byte sender outruns the one iperf3 server (its receive buffer overflows), so
+    the datagrams iperf3 counts measure the server's share of the CPUs, not the path."""
+    lines = [line.split()[1:] for line in ns.run("cat", "/proc/net/snmp").splitlines()
+             if line.startswith("Udp:")]
+    row = dict(zip(lines[0], (int(v) for v in lines[1]), strict=True))
+    return row["InDatagrams"] + row["InErrors"]
+
+
+def cost_round(mode: str, dp: DataplaneNode, pod: Netns, seconds: float,
+               cpus: tuple[str, str] | None) -> dict[str, float]:
+    """The per-packet cost of a 64-byte UDP run: CPU per sent packet (client, server and
+    the softirqs in their context) and, for eBPF, the programs' own run time per sent packet
+    (BPF_ENABLE_STATS, on only for these rounds: it costs two clock reads per run)."""
+    ip = dp.node.ext_ip4
+    with contextlib.ExitStack() as stack:
+        if mode == "ebpf":
+            stack.enter_context(BpfStats())
+        before = prog_stats(dp) if mode == "ebpf" else {}
+        cpu0 = cpu_seconds()
+        end = iperf_run(dp.node, pod, seconds, True, ip, cpus)
+        cpu = cpu_seconds() - cpu0
+        sent = max(end["sum"]["packets"], 1)
+        out = {"udp_cpu_ns_per_pkt": cpu * 1e9 / sent}
+        if before:
+            after = prog_stats(dp)
+            ns = sum(after[p][0] - before[p][0] for p in after)
+            out["bpf_ns_per_pkt"] = ns / sent
+            out["bpf_ns_per_run"] = ns / max(sum(after[p][1] - before[p][1] for p in after), 1)
+    return out
+
+
+Round = Callable[[str, DataplaneNode, Netns], dict[str, float]]
+
+
+def interleaved(setups: dict[str, tuple[DataplaneNode, Netns, float]], rounds: int,
+                run: Round) -> dict[str, list[dict[str, float]]]:
+    """`run` for every mode, `rounds` times, in ABBA order (A B C, C B A, A B C, ...): a
+    drift of the machine's load over the run hits every mode alike on average."""
+    res: dict[str, list[dict[str, float]]] = {m: [] for m in setups}
     order = list(setups)
     for rnd in range(rounds):
-        for mode in order[rnd % len(order):] + order[:rnd % len(order)]:
+        for mode in (order if rnd % 2 == 0 else order[::-1]):
             dp, pod, _ = setups[mode]
-            ip = dp.node.ext_ip4
-            before = prog_stats(dp) if mode == "ebpf" else {}
-            w = wrk(pod, ip, seconds)
-            if w["conn_per_s"] > res[mode].get("conn_per_s", 0.0):
-                res[mode].update(w)
-            for key, udp in (("tcp_bps", False), ("udp_pps", True)):
-                res[mode][key] = max(res[mode].get(key, 0.0),
-                                     iperf(dp.node, pod, int(seconds), udp, ip))
-            if before:
-                after = prog_stats(dp)
-                ns = sum(after[p][0] - before[p][0] for p in after)
-                cnt = sum(after[p][1] - before[p][1] for p in after)
-                res[mode]["bpf_ns_per_pkt"] = ns / cnt if cnt else 0.0
+            res[mode].append(run(mode, dp, pod))
     return res
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def ratios(a: list[dict[str, float]], b: list[dict[str, float]], key: str) -> list[float]:
+    """Per-round ratios a/b of `key`: each from two figures taken a minute apart at most."""
+    return [x[key] / y[key] for x, y in zip(a, b, strict=True) if y.get(key)]
+
+
+def spread(values: list[float]) -> str:
+    """median [min-max] of per-round ratios."""
+    if not values:
+        return "-"
+    return f"{median(values):.2f} [{min(values):.2f}-{max(values):.2f}]"
+
+
+ROWS = (("new conn/s", "conn_per_s", 1, "{:.0f}"), ("latency p50 ms", "p50_ms", 1, "{:.2f}"),
+        ("latency p99 ms", "p99_ms", 1, "{:.2f}"), ("TCP Gb/s", "tcp_bps", 1e9, "{:.2f}"),
+        ("UDP 64B kpps", "udp_pps", 1e3, "{:.0f}"),
+        ("UDP 64B kpps to app", "udp_app_pps", 1e3, "{:.0f}"),
+        ("UDP CPU ns/pkt", "udp_cpu_ns_per_pkt", 1, "{:.0f}"))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--pods", default="1,1000,10000")
-    ap.add_argument("--seconds", type=float, default=10.0)
-    ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--bpf-stats", action="store_true",
-                    help="time the SNAT programs per packet (BPF_ENABLE_STATS)")
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--cost-rounds", type=int, default=4,
+                    help="extra 64-byte UDP rounds (routed, eBPF) at the first pod count for "
+                         "the per-packet cost, BPF_ENABLE_STATS on in eBPF's; 0: none")
+    ap.add_argument("--pin", default="0,1", help="CPUs of the iperf3 client and server "
+                    "(taskset), '' not to pin")
     args = ap.parse_args()
     counts = [int(n) for n in args.pods.split(",")]
+    pin = tuple(args.pin.split(",")) if args.pin else ()
+    if pin and len(pin) != 2:
+        ap.error("--pin takes two CPUs: client,server")
+    cpus = (pin[0], pin[1]) if pin else None
     started = time.monotonic()
-    results: dict[int, dict[str, dict[str, float]]] = {}
+    results: dict[int, dict[str, list[dict[str, float]]]] = {}
+    costs: dict[str, list[dict[str, float]]] = {}
     setup_s: dict[int, dict[str, float]] = {}
-    with contextlib.ExitStack() as stats:
-        if args.bpf_stats:
-            stats.enter_context(BpfStats())
-        for n in counts:
-            with contextlib.ExitStack() as stack:
-                # routed has no per-pod state: its node is the same at every N, measured
-                # again so that each N's ratios come from the same minutes
-                setups = {m: stack.enter_context(bench_node(m, n if m != "routed" else 1))
-                          for m in MODES}
-                setup_s[n] = {m: s[2] for m, s in setups.items()}
-                results[n] = measure(setups, args.seconds, args.rounds)
-    print(f"pod -> ext, best of {args.rounds} rounds x {args.seconds:g}s; wrk -c32 "
-          f"Connection: close against nginx, iperf3 TCP 1 stream and UDP 64 B")
-    head = f"{'':26}{'routed':>11}{'ebpf':>11}{'iptables':>11}{'ebpf/ipt':>10}{'ebpf/routed':>13}"
-    print(head)
-    rows = (("new conn/s", "conn_per_s", 1, "{:.0f}"), ("latency p50 ms", "p50_ms", 1, "{:.2f}"),
-            ("latency p99 ms", "p99_ms", 1, "{:.2f}"), ("TCP Gb/s", "tcp_bps", 1e9, "{:.2f}"),
-            ("UDP 64B kpps", "udp_pps", 1e3, "{:.0f}"))
     for n in counts:
-        routed, e, i = results[n]["routed"], results[n]["ebpf"], results[n]["iptables"]
-        for label, key, scale, fmt in rows:
-            cells = [fmt.format(r[key] / scale) for r in (routed, e, i)]
-            print(f"{f'{n} pod(s): {label}':26}{cells[0]:>11}{cells[1]:>11}{cells[2]:>11}"
-                  f"{e[key] / i[key]:>9.2f}x{e[key] / routed[key]:>12.2f}x")
-        if "bpf_ns_per_pkt" in e:
-            print(f"{f'{n} pod(s): eBPF ns/packet':26}{'':>11}{e['bpf_ns_per_pkt']:>11.0f}")
-        if n > 1:
-            print(f"{f'{n} pod(s): simulate, s':26}{'':>11}{setup_s[n]['ebpf']:>11.1f}"
-                  f"{setup_s[n]['iptables']:>11.1f}")
-    last, first = counts[-1], counts[0]
-    ratio = results[last]["ebpf"]["conn_per_s"] / results[last]["iptables"]["conn_per_s"]
-    ratio1 = results[first]["ebpf"]["conn_per_s"] / results[first]["iptables"]["conn_per_s"]
-    e1, r1 = results[first]["ebpf"], results[first]["routed"]
-    print(f"targets: ebpf/iptables conn/s at {last} pods {ratio:.2f} (>= 1.5), at {first} "
-          f"pod {ratio1:.2f} (>= 1.0); ebpf/routed TCP {e1['tcp_bps'] / r1['tcp_bps']:.2f}"
-          f" (>= 0.97), UDP pps {e1['udp_pps'] / r1['udp_pps']:.2f} (>= 0.95)")
+        with contextlib.ExitStack() as stack:
+            # routed has no per-pod state: its node is the same at every N, measured again
+            # so that each N's ratios come from the same minutes
+            setups = {m: stack.enter_context(bench_node(m, n if m != "routed" else 1))
+                      for m in MODES}
+            setup_s[n] = {m: s[2] for m, s in setups.items()}
+            results[n] = interleaved(setups, args.rounds, lambda m, dp, pod: one_round(
+                m, dp, pod, args.seconds, cpus))
+            if n == counts[0] and args.cost_rounds:
+                costs = interleaved({m: setups[m] for m in ("routed", "ebpf")},
+                                    args.cost_rounds, lambda m, dp, pod: cost_round(
+                                        m, dp, pod, args.seconds, cpus))
+    report(args, counts, results, costs, setup_s)
     print(f"total {time.monotonic() - started:.0f}s")
-    print(json.dumps({f"{m}/{n}": {k: round(v, 4) for k, v in r.items()}
-                      for n, by in results.items() for m, r in by.items()}, default=_num))
+    print(json.dumps({"results": {f"{m}/{n}": rs for n, by in results.items()
+                                  for m, rs in by.items()}, "costs": costs}, default=_num))
 
+
+def report(args: argparse.Namespace, counts: list[int],
+           results: dict[int, dict[str, list[dict[str, float]]]],
+           costs: dict[str, list[dict[str, float]]],
+           setup_s: dict[int, dict[str, float]]) -> None:
+    print(f"bench/dataplanes.py --pods {args.pods} --seconds {args.seconds:g} --rounds "
+          f"{args.rounds} --cost-rounds {args.cost_rounds} --pin '{args.pin}'")
+    print(f"pod -> ext; modes interleaved ABBA, {args.rounds} rounds x {args.seconds:g}s; "
+          "figures: median of the rounds; ratios: median [min-max] of per-round ratios;\n"
+          "wrk -c32 Connection: close vs nginx; iperf3 TCP 1 stream, UDP 64 B -b 0"
+          f"{f'; iperf3 client/server on CPU {args.pin}' if args.pin else ''}")
+    print(f"{'':26}{'routed':>9}{'ebpf':>9}{'iptables':>9}  {'ebpf/iptables':<20}ebpf/routed")
+    for n in counts:
+        by = results[n]
+        for label, key, scale, fmt in ROWS:
+            cells = [fmt.format(median([r[key] for r in by[m]]) / scale) for m in MODES]
+            print(f"{f'{n} pod(s): {label}':26}{cells[0]:>9}{cells[1]:>9}{cells[2]:>9}  "
+                  f"{spread(ratios(by['ebpf'], by['iptables'], key)):<20}"
+                  f"{spread(ratios(by['ebpf'], by['routed'], key))}")
+        if n > 1:
+            print(f"{f'{n} pod(s): simulate, s':26}{'':>9}{setup_s[n]['ebpf']:>9.1f}"
+                  f"{setup_s[n]['iptables']:>9.1f}")
+    first, last = counts[0], counts[-1]
+    r1, rl = results[first], results[last]
+    print(f"targets: ebpf/iptables conn/s at {last} pods "
+          f"{spread(ratios(rl['ebpf'], rl['iptables'], 'conn_per_s'))} (>= 1.5), at {first} "
+          f"pod {spread(ratios(r1['ebpf'], r1['iptables'], 'conn_per_s'))} (>= 1.0);\n"
+          f"         ebpf/routed at {first} pod: TCP "
+          f"{spread(ratios(r1['ebpf'], r1['routed'], 'tcp_bps'))} (>= 0.97), UDP pps "
+          f"{spread(ratios(r1['ebpf'], r1['routed'], 'udp_pps'))} (>= 0.95)")
+    if costs:
+        routed = [c["udp_cpu_ns_per_pkt"] for c in costs["routed"]]
+        bpf = [c["bpf_ns_per_pkt"] for c in costs["ebpf"]]
+        share = [b / r for b, r in zip(bpf, routed, strict=True)]
+        print(f"per-packet cost, 64-byte UDP, {first} pod(s), {args.cost_rounds} rounds: "
+              f"routed path CPU {median(routed):.0f} ns/pkt [{min(routed):.0f}-"
+              f"{max(routed):.0f}];\n  eBPF SNAT programs {median(bpf):.1f} ns/pkt "
+              f"[{min(bpf):.1f}-{max(bpf):.1f}] = {median(share) * 100:.1f}% of the routed "
+              f"path's CPU [{min(share) * 100:.1f}-{max(share) * 100:.1f}%]; eBPF path CPU "
+              f"{median([c['udp_cpu_ns_per_pkt'] for c in costs['ebpf']]):.0f} ns/pkt")
 
 def _num(v: Any) -> Any:
     return round(v, 4) if isinstance(v, float) else v

@@ -51,24 +51,35 @@ def snat_node() -> Iterator[tuple[Node, Netns]]:
         yield en.node, pod.ns
 
 
-def iperf(node: Node, pod: Netns, seconds: int, udp: bool, ext_ip: str) -> float:
-    """TCP: bits/s received; UDP: packets/s received by the server."""
-    server = node.ext.popen("iperf3", "-s", "-1", "-B", ext_ip, "-p", "5201",
+def iperf_run(node: Node, pod: Netns, seconds: float, udp: bool, ext_ip: str,
+              cpus: tuple[str, str] | None = None) -> dict[str, Any]:
+    """One iperf3 run (client in the pod, server in ext), its JSON "end" section. `cpus`:
+    the client's and the server's CPU (taskset), so that runs do not trade places."""
+    client_pin, server_pin = (["taskset", "-c", c] for c in cpus) if cpus else ([], [])
+    server = node.ext.popen(*server_pin, "iperf3", "-s", "-1", "-B", ext_ip, "-p", "5201",
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         time.sleep(0.3)
-        argv = ["iperf3", "-c", ext_ip, "-p", "5201", "-t", str(seconds), "-J"]
+        argv = [*client_pin, "iperf3", "-c", ext_ip, "-p", "5201", "-t", f"{seconds:g}", "-J"]
         if udp:
             argv += ["-u", "-b", "0", "-l", "64"]
         out = json.loads(pod.run(*argv))
     finally:
         server.kill()
         server.wait()
-    end = out["end"]
+    return out["end"]
+
+
+def iperf_figure(end: dict[str, Any], udp: bool) -> float:
+    """TCP: bits/s received; UDP: packets/s received by the server."""
     if udp:
         s = end["sum"]
         return (s["packets"] - s["lost_packets"]) / s["seconds"]
     return float(end["sum_received"]["bits_per_second"])
+
+
+def iperf(node: Node, pod: Netns, seconds: int, udp: bool, ext_ip: str) -> float:
+    return iperf_figure(iperf_run(node, pod, seconds, udp, ext_ip), udp)
 
 
 def loader_times() -> tuple[float, float]:

@@ -59,6 +59,11 @@ char _license[] SEC("license") = "GPL";
 static long (*redirect_neigh)(__u32 ifindex, struct bpf_redir_neigh *params, int plen,
                               __u64 flags) = (void *)BPF_FUNC_redirect_neigh;
 
+/* The NAT's clock: CLOCK_MONOTONIC at tick resolution (5.11+), no clocksource read per packet;
+ * its timestamps are compared with seconds-long timeouts and a 0.5 s reuse delay only. Declared
+ * here for both builds (bcc 0.26's helpers.h lacks it). */
+static __u64 (*nat_clock)(void) = (void *)BPF_FUNC_ktime_get_coarse_ns;
+
 #define IP_OFF ETH_HLEN
 #define IP_CSUM_OFF (ETH_HLEN + offsetof(struct iphdr, check))
 #define IP_SRC_OFF (ETH_HLEN + offsetof(struct iphdr, saddr))
@@ -95,7 +100,18 @@ struct pkt4 {
 struct pkt6 {
     __u32 saddr[4];
     __u32 daddr[4];
+    __u32 id;        /* a fragment header's identification */
+    __u8 frag;       /* FRAG_* */
+    __u8 pad[3];
     struct l4 l4;
+};
+
+/* The IPv6 fragment header (the kernel's struct frag_hdr is not uapi). */
+struct ferry_frag6_hdr {
+    __u8 nexthdr;
+    __u8 reserved;
+    __u16 frag_off;  /* offset in 8-byte units << 3, the M flag in bit 0 */
+    __u32 identification;
 };
 
 /* Ports or echo id of l4->proto at l4->off; `icmp` is the family's ICMP protocol with its echo
@@ -154,7 +170,9 @@ static __always_inline int parse4(struct __sk_buff *skb, struct pkt4 *p)
 }
 
 /* 0: parsed IPv6 (l4 filled), -1: not IPv6. Hop-by-hop and destination options are skipped
- * (at most IP6_EXT_MAX); anything else (fragment, routing, ...) stays L4_OTHER: the stack's. */
+ * (at most IP6_EXT_MAX); a fragment header ends the walk (the first fragment's L4 header
+ * follows it, a later fragment has none: L4_OTHER, snat.c finds its ports by id); anything
+ * else (routing, ...) stays L4_OTHER: the stack's. */
 static __always_inline int parse6(struct __sk_buff *skb, struct pkt6 *p)
 {
     struct ipv6hdr ip6;
@@ -170,6 +188,7 @@ static __always_inline int parse6(struct __sk_buff *skb, struct pkt6 *p)
     __builtin_memcpy(p->saddr, &ip6.saddr, 16);
     __builtin_memcpy(p->daddr, &ip6.daddr, 16);
     next = ip6.nexthdr;
+    p->frag = FRAG_NONE;
     for (i = 0; i < IP6_EXT_MAX; i++) {
         if (next != IPPROTO_HOPOPTS && next != IPPROTO_DSTOPTS)
             break;
@@ -178,8 +197,21 @@ static __always_inline int parse6(struct __sk_buff *skb, struct pkt6 *p)
         next = opt.nexthdr;
         off += (opt.hdrlen + 1) * 8;
     }
+    if (next == IPPROTO_FRAGMENT) {
+        struct ferry_frag6_hdr fh;
+        if (bpf_skb_load_bytes(skb, off, &fh, sizeof(fh)) < 0)
+            return -1;
+        next = fh.nexthdr;
+        off += sizeof(fh);
+        p->id = fh.identification;
+        p->frag = (fh.frag_off & bpf_htons(0xfff8)) ? FRAG_LATER : FRAG_FIRST;
+    }
     p->l4.proto = next;
     p->l4.off = off;
+    p->l4.sport = p->l4.dport = 0;
+    p->l4.kind = L4_OTHER;
+    if (p->frag == FRAG_LATER)
+        return 0;
     parse_l4(skb, &p->l4, IPPROTO_ICMPV6, ICMPV6_ECHO_REQUEST, ICMPV6_ECHO_REPLY);
     return 0;
 }

@@ -6,12 +6,14 @@
  * random tries. A reverse lookup miss goes to the stack: it is the node's own traffic.
  * TCP state: the reverse entry records FIN/RST per direction; once a flow is closed, a new
  * flow may take its port over after NAT_REUSE_NS (its last ACK had time to pass), as conntrack
- * lets a SYN reuse a TIME_WAIT tuple. Timestamps are rewritten at most every NAT_TOUCH_NS, so
+ * lets a SYN reuse a TIME_WAIT tuple; the later tries shorten that delay (reuse_grace) rather
+ * than drop a SYN when a destination's new flows outrun it. Timestamps are rewritten at most every NAT_TOUCH_NS, so
  * that a packet of an established flow writes nothing shared (per-CPU counters only).
  * ICMP errors about a NATed flow (IPv4 unreachable / time exceeded, ICMPv6 unreachable / packet
  * too big / time exceeded) are translated back to the pod: the outer destination and the quoted
- * header, with all their checksums. IPv4 fragments follow their first fragment's translation
- * through ferry_frag4 (keyed by addresses, IP id and protocol), both directions.
+ * header, with all their checksums. Fragments follow their first fragment's translation
+ * through ferry_frag4 / ferry_frag6 (keyed by addresses, IP id or the IPv6 fragment header's
+ * identification, and protocol), both directions.
  * The families differ only in their addresses (maps, L3 checksum); ports, echo ids, the L4
  * checksum of the port and the port choice are shared helpers on struct l4. */
 #include "common.h"
@@ -73,10 +75,30 @@ static __always_inline void tcp_track(__u8 *mine, __u8 *other, __u64 *last_used,
         *last_used = now;
 }
 
-/* A claimed port that a new flow may take over: its TCP flow closed NAT_REUSE_NS ago. */
-static __always_inline int reusable(__u8 proto, __u8 out, __u8 in, __u64 last_used, __u64 now)
+/* Why a try of the port allocation cannot take a claimed port (a STAT_TRY_* counter), 0 if it
+ * can: the claim is gone (the insert was refused for another reason than a live entry), its
+ * flow is open, or it closed less than `grace` ago. */
+static __always_inline int refusal(int claimed, __u8 out, __u8 in, __u64 last_used, __u8 proto,
+                                   __u64 now, __u64 grace)
 {
-    return proto == IPPROTO_TCP && tcp_closed(out, in) && now - last_used > NAT_REUSE_NS;
+    if (!claimed)
+        return STAT_TRY_REFUSED;
+    if (proto != IPPROTO_TCP || !tcp_closed(out, in))
+        return STAT_TRY_OPEN;
+    return now - last_used > grace ? 0 : STAT_TRY_CLOSING;
+}
+
+/* The reuse delay try i of an allocation honours: NAT_REUSE_NS for the first half of the tries,
+ * then less and less, down to none for the last. Only when more new flows go to one
+ * destination than the range carries in NAT_REUSE_NS are nearly all tried ports closing; the
+ * later tries then take a port that closed less long ago (counted reused_early), as conntrack
+ * lets a SYN reuse a closed tuple at once, rather than drop the SYN. A constant per try for
+ * the verifier: the loop's states stay one per iteration. */
+static __always_inline __u64 reuse_grace(int i)
+{
+    if (i < NAT_RETRIES / 2)
+        return NAT_REUSE_NS;
+    return (__u64)NAT_REUSE_NS * (NAT_RETRIES - 1 - i) / (NAT_RETRIES / 2);
 }
 
 static __always_inline __u32 mix32(__u32 h)
@@ -194,6 +216,26 @@ static __always_inline int rewrite4(struct __sk_buff *skb, struct pkt4 *p, int s
     return 0;
 }
 
+/* Fragments, both families: the first fragment's L4 identity (struct l4's ports and kind), and
+ * a later fragment taking it back (-1: its first fragment was not seen). */
+static __always_inline void frag_record(struct frag4_ports *v, struct l4 *l4)
+{
+    v->sport = l4->sport;
+    v->dport = l4->dport;
+    v->kind = l4->kind;
+}
+
+static __always_inline int frag_follow(struct l4 *l4, struct frag4_ports *seen)
+{
+    if (!seen)
+        return -1;
+    l4->sport = seen->sport;
+    l4->dport = seen->dport;
+    l4->kind = seen->kind;
+    count(STAT_FRAGMENT);
+    return 0;
+}
+
 /* Fragments: the first one records its L4 identity under the datagram's (addresses, id,
  * proto); a later one takes it back, so that it follows the same NAT entry. 0: p->l4 is the
  * datagram's; -1: a later fragment whose first fragment was not seen. */
@@ -201,7 +243,6 @@ static __always_inline int frag4(struct pkt4 *p)
 {
     struct frag4_key k = {};
     struct frag4_ports v = {};
-    struct frag4_ports *seen;
 
     if (p->frag == FRAG_NONE)
         return 0;
@@ -210,40 +251,35 @@ static __always_inline int frag4(struct pkt4 *p)
     k.id = p->id;
     k.proto = p->l4.proto;
     if (p->frag == FRAG_FIRST) {
-        v.sport = p->l4.sport;
-        v.dport = p->l4.dport;
-        v.kind = p->l4.kind;
+        frag_record(&v, &p->l4);
         map_update(ferry_frag4, &k, &v, BPF_ANY);
         return 0;
     }
-    seen = map_lookup(ferry_frag4, &k);
-    if (!seen)
-        return -1;
-    p->l4.sport = seen->sport;
-    p->l4.dport = seen->dport;
-    p->l4.kind = seen->kind;
-    count(STAT_FRAGMENT);
-    return 0;
+    return frag_follow(&p->l4, map_lookup(ferry_frag4, &k));
 }
 
 /* A new flow takes over the port of a closed TCP flow: the old flow's forward entry goes (its
  * late packets would otherwise be translated onto the new flow's port). */
-static __always_inline int reclaim4(struct nat_tuple4 *rk, struct nat_entry4 *rv, __u64 now)
+static __always_inline int reclaim4(struct nat_tuple4 *rk, struct nat_entry4 *rv, __u64 now,
+                                    __u64 grace)
 {
     struct nat_entry4 *old = map_lookup(ferry_nat_rev, rk);
     struct nat_tuple4 stale = {};
+    int early, why = refusal(old != 0, old ? old->tcp_out : 0, old ? old->tcp_in : 0,
+                             old ? old->last_used : 0, rk->proto, now, grace);
 
-    if (!old || !reusable(rk->proto, old->tcp_out, old->tcp_in, old->last_used, now))
-        return -1;
+    if (why)
+        return why;
     stale.saddr = old->addr;
     stale.daddr = rk->saddr;
     stale.sport = old->port;
     stale.dport = rk->sport;
     stale.proto = rk->proto;
+    early = now - old->last_used <= NAT_REUSE_NS;
     map_delete(ferry_nat_fwd, &stale);
     if (map_update(ferry_nat_rev, rk, rv, BPF_ANY) < 0)
-        return -1;
-    count(STAT_REUSED_CLOSED);
+        return STAT_TRY_REFUSED;
+    count(early ? STAT_REUSED_EARLY : STAT_REUSED_CLOSED);
     return 0;
 }
 
@@ -254,8 +290,8 @@ static __always_inline int nat_alloc4(struct nat_config *cfg, struct pkt4 *p,
     struct nat_tuple4 rk = {};
     struct nat_entry4 rv = {};
     __u32 port = port_first(cfg, &p->l4, p->saddr ^ p->daddr);
-    __u64 now = bpf_ktime_get_ns();
-    int i;
+    __u64 now = nat_clock();
+    int i, why;
 
     rk.saddr = p->daddr;
     rk.daddr = cfg->node_ip;
@@ -267,13 +303,15 @@ static __always_inline int nat_alloc4(struct nat_config *cfg, struct pkt4 *p,
     rv.created = rv.last_used = now;
     for (i = 0; i < NAT_RETRIES; i++) {
         rk.dport = bpf_htons((__u16)port);
-        if (map_update(ferry_nat_rev, &rk, &rv, BPF_NOEXIST) == 0 ||
-            reclaim4(&rk, &rv, now) == 0) {
+        why = map_update(ferry_nat_rev, &rk, &rv, BPF_NOEXIST) == 0 ? 0 :
+              reclaim4(&rk, &rv, now, reuse_grace(i));
+        if (why == 0) {
             out->addr = cfg->node_ip;
             out->port = rk.dport;
             out->created = out->last_used = now;
             return 0;
         }
+        count(why);
         port = port_next(cfg);
     }
     return -1;
@@ -314,62 +352,6 @@ static __always_inline int snat4_wanted(struct pkt4 *p)
     return !map_lookup(ferry_snat_excl, &lk);
 }
 
-static __always_inline int snat4_eg(struct __sk_buff *skb)
-{
-    struct pkt4 p = {};
-    struct nat_tuple4 fk = {};
-    struct nat_entry4 fresh = {};
-    struct nat_entry4 *e;
-    struct nat_config *cfg;
-    __u64 now;
-    __u8 flags;
-
-    if (parse4(skb, &p) < 0 || (!snat_kind(&p.l4) && p.frag != FRAG_LATER))
-        return TC_ACT_OK;
-    cfg = nat_cfg();
-    if (!snat_cfg_ok(cfg) || !cfg->node_ip)
-        return TC_ACT_OK;
-    if (p.frag != FRAG_NONE) {
-        if (!snat4_wanted(&p))
-            return TC_ACT_OK;
-        if (frag4(&p) < 0) {
-            /* No first fragment seen (lost, out of order, or a datagram that is not NATed
-             * such as a pod's echo reply): the stack's, as it is. */
-            count(STAT_FRAGMENT_UNKNOWN);
-            return TC_ACT_OK;
-        }
-    }
-
-    fk.saddr = p.saddr;
-    fk.daddr = p.daddr;
-    fk.sport = p.l4.sport;
-    fk.dport = p.l4.dport;
-    fk.proto = p.l4.proto;
-    now = bpf_ktime_get_ns();
-    e = map_lookup(ferry_nat_fwd, &fk);
-    if (e) {
-        touch(&e->last_used, now);
-        flags = tcp_flags(skb, &p.l4);
-        if (flags & (TH_FIN | TH_RST | TH_SYN))
-            tcp_out4(&fk, e, flags, now);
-    } else {
-        if (p.frag == FRAG_NONE && !snat4_wanted(&p))
-            return TC_ACT_OK;
-        if (nat_alloc4(cfg, &p, &fresh) < 0) {
-            count(STAT_ALLOC_FAIL4); /* the range is exhausted for this destination */
-            return TC_ACT_SHOT;
-        }
-        map_update(ferry_nat_fwd, &fk, &fresh, BPF_ANY);
-        e = &fresh;
-    }
-    if (rewrite4(skb, &p, 1, e->addr, e->port) < 0) {
-        count(STAT_DROP_REWRITE);
-        return TC_ACT_SHOT;
-    }
-    count(STAT_XLATE_EG4);
-    return TC_ACT_OK;
-}
-
 /* Checksum-neutral edits inside an ICMP error's quoted datagram: the field at `off` goes from
  * `from` to `to` (2 or 4 bytes), the ICMP checksum at `csum_off` follows (it sums the quote
  * as payload, no pseudo-header). */
@@ -398,22 +380,25 @@ static __always_inline int icmp_quote_csum(struct __sk_buff *skb, __u32 icmp_csu
     return bpf_l4_csum_replace(skb, icmp_csum_off, before, after, 2) < 0 ? -1 : 0;
 }
 
-/* The quoted L4 header's source port or echo id: its own checksum (which covers the port and,
- * for TCP and UDP, the quoted source address through its pseudo-header) and the ICMP one. */
+/* The quoted L4 header's source (src) or destination port, or its echo id: its own checksum
+ * (which covers the port and, for TCP and UDP, the quoted address through its pseudo-header)
+ * and the ICMP one. */
 static __always_inline int icmp_quote_l4(struct __sk_buff *skb, __u32 icmp_csum_off,
-                                         struct l4 *in, __u32 old_addr, __u32 new_addr,
-                                         __u16 new_port)
+                                         struct l4 *in, int src, __u32 old_addr,
+                                         __u32 new_addr, __u16 new_port)
 {
     __u32 csum = l4_csum_off(in);
     __u64 flags = l4_csum_flags(in);
-    __u32 port_off = in->kind == L4_PORTS ? in->off : in->off + offsetof(struct icmphdr, un.echo.id);
+    __u16 old_port = src ? in->sport : in->dport;
+    __u32 port_off = in->kind == L4_PORTS ? in->off + (src ? 0 : 2) :
+                     in->off + offsetof(struct icmphdr, un.echo.id);
 
     if (in->kind == L4_PORTS &&
         icmp_quote_csum(skb, icmp_csum_off, csum, old_addr, new_addr, flags | 4) < 0)
         return -1;
-    if (icmp_quote_csum(skb, icmp_csum_off, csum, in->sport, new_port, flags | 2) < 0)
+    if (icmp_quote_csum(skb, icmp_csum_off, csum, old_port, new_port, flags | 2) < 0)
         return -1;
-    return icmp_quote_store(skb, icmp_csum_off, port_off, in->sport, new_port, 2);
+    return icmp_quote_store(skb, icmp_csum_off, port_off, old_port, new_port, 2);
 }
 
 /* An ICMP error to the node IP quoting a datagram the SNAT sent (source: node IP and a NAT
@@ -450,7 +435,7 @@ static __always_inline int icmp_err4_in(struct __sk_buff *skb, struct pkt4 *p,
         return TC_ACT_OK;
     }
     /* The quote: its L4 part, then its source address with the quoted IP checksum. */
-    if (icmp_quote_l4(skb, icmp_csum, &il, node, e->addr, e->port) < 0 ||
+    if (icmp_quote_l4(skb, icmp_csum, &il, 1, node, e->addr, e->port) < 0 ||
         icmp_quote_csum(skb, icmp_csum, quote + offsetof(struct iphdr, check), node, e->addr,
                         4) < 0 ||
         icmp_quote_store(skb, icmp_csum, quote + offsetof(struct iphdr, saddr), node, e->addr,
@@ -476,6 +461,112 @@ static __always_inline int icmp4_is_error(struct __sk_buff *skb, struct pkt4 *p)
         return 0;
     return type == ICMP_DEST_UNREACH || type == ICMP_TIME_EXCEEDED ||
            type == ICMP_PARAMETERPROB;
+}
+
+/* An ICMP error that a pod, or the node forwarding to it, sends about a datagram the SNAT
+ * translated inbound (the quote: ext -> pod IP and port): the quote back to what ext sent
+ * (the node IP and the NAT port, found by the flow's forward entry), and a pod's own source
+ * to the node IP, so that ext's stack matches it to its socket. Anything else as it is. */
+static __always_inline int icmp_err4_eg(struct __sk_buff *skb, struct pkt4 *p,
+                                        struct nat_config *cfg)
+{
+    struct iphdr in;
+    struct l4 il = {};
+    struct nat_tuple4 fk = {};
+    struct nat_entry4 *e;
+    __u32 quote = p->l4.off + sizeof(struct icmphdr);
+    __u32 icmp_csum = p->l4.off + offsetof(struct icmphdr, checksum);
+    __u32 node = cfg->node_ip;
+
+    if (bpf_skb_load_bytes(skb, quote, &in, sizeof(in)) < 0 || in.ihl < 5 ||
+        (in.frag_off & bpf_htons(0x1fff)))
+        return TC_ACT_OK;
+    il.proto = in.protocol;
+    il.off = quote + in.ihl * 4;
+    parse_l4(skb, &il, IPPROTO_ICMP, ICMP_ECHO, ICMP_ECHOREPLY);
+    if (il.kind != L4_PORTS)
+        return TC_ACT_OK;
+    fk.saddr = in.daddr;
+    fk.daddr = in.saddr;
+    fk.sport = il.dport;
+    fk.dport = il.sport;
+    fk.proto = il.proto;
+    e = map_lookup(ferry_nat_fwd, &fk);
+    if (!e)
+        return TC_ACT_OK;
+    if (icmp_quote_l4(skb, icmp_csum, &il, 0, in.daddr, e->addr, e->port) < 0 ||
+        icmp_quote_csum(skb, icmp_csum, quote + offsetof(struct iphdr, check), in.daddr,
+                        e->addr, 4) < 0 ||
+        icmp_quote_store(skb, icmp_csum, quote + offsetof(struct iphdr, daddr), in.daddr,
+                         e->addr, 4) < 0)
+        goto drop;
+    if (p->saddr != node && (bpf_l3_csum_replace(skb, IP_CSUM_OFF, p->saddr, node, 4) < 0 ||
+                             bpf_skb_store_bytes(skb, IP_SRC_OFF, &node, 4, 0) < 0))
+        goto drop;
+    count(STAT_ICMP_ERROR);
+    return TC_ACT_OK;
+drop:
+    count(STAT_DROP_REWRITE);
+    return TC_ACT_SHOT;
+}
+
+static __always_inline int snat4_eg(struct __sk_buff *skb)
+{
+    struct pkt4 p = {};
+    struct nat_tuple4 fk = {};
+    struct nat_entry4 fresh = {};
+    struct nat_entry4 *e;
+    struct nat_config *cfg;
+    __u64 now;
+    __u8 flags;
+
+    if (parse4(skb, &p) < 0 ||
+        (!snat_kind(&p.l4) && p.frag != FRAG_LATER && p.l4.proto != IPPROTO_ICMP))
+        return TC_ACT_OK;
+    cfg = nat_cfg();
+    if (!snat_cfg_ok(cfg) || !cfg->node_ip)
+        return TC_ACT_OK;
+    if (!snat_kind(&p.l4) && p.frag != FRAG_LATER) /* ICMP but an echo request */
+        return icmp4_is_error(skb, &p) ? icmp_err4_eg(skb, &p, cfg) : TC_ACT_OK;
+    if (p.frag != FRAG_NONE) {
+        if (!snat4_wanted(&p))
+            return TC_ACT_OK;
+        if (frag4(&p) < 0) {
+            /* No first fragment seen (lost, out of order, or a datagram that is not NATed
+             * such as a pod's echo reply): the stack's, as it is. */
+            count(STAT_FRAGMENT_UNKNOWN);
+            return TC_ACT_OK;
+        }
+    }
+
+    fk.saddr = p.saddr;
+    fk.daddr = p.daddr;
+    fk.sport = p.l4.sport;
+    fk.dport = p.l4.dport;
+    fk.proto = p.l4.proto;
+    now = nat_clock();
+    e = map_lookup(ferry_nat_fwd, &fk);
+    if (e) {
+        touch(&e->last_used, now);
+        flags = tcp_flags(skb, &p.l4);
+        if (flags & (TH_FIN | TH_RST | TH_SYN))
+            tcp_out4(&fk, e, flags, now);
+    } else {
+        if (p.frag == FRAG_NONE && !snat4_wanted(&p))
+            return TC_ACT_OK;
+        if (nat_alloc4(cfg, &p, &fresh) < 0) {
+            count(STAT_ALLOC_FAIL4); /* the range is exhausted for this destination */
+            return TC_ACT_SHOT;
+        }
+        map_update(ferry_nat_fwd, &fk, &fresh, BPF_ANY);
+        e = &fresh;
+    }
+    if (rewrite4(skb, &p, 1, e->addr, e->port) < 0) {
+        count(STAT_DROP_REWRITE);
+        return TC_ACT_SHOT;
+    }
+    count(STAT_XLATE_EG4);
+    return TC_ACT_OK;
 }
 
 static __always_inline int snat4_in(struct __sk_buff *skb)
@@ -508,7 +599,7 @@ static __always_inline int snat4_in(struct __sk_buff *skb)
         count(STAT_NO_MAPPING);
         return TC_ACT_OK;
     }
-    now = bpf_ktime_get_ns();
+    now = nat_clock();
     touch(&e->last_used, now);
     flags = tcp_flags(skb, &p.l4);
     if (flags & (TH_FIN | TH_RST))
@@ -541,10 +632,14 @@ static __always_inline int rewrite6(struct __sk_buff *skb, struct pkt6 *p, int s
     __u32 *old_addr = src ? p->saddr : p->daddr;
     __s64 diff = bpf_csum_diff(old_addr, 16, new_addr, 16, 0);
 
-    if (diff < 0 || csum_pseudo6(skb, l4_csum_off(&p->l4), diff, l4_csum_flags(&p->l4)) < 0)
-        return -1;
-    if (rewrite_port(skb, &p->l4, src, new_port) < 0)
-        return -1;
+    /* A later fragment has no L4 header (its checksum is in the first): the address only. */
+    if (p->frag != FRAG_LATER) {
+        if (diff < 0 ||
+            csum_pseudo6(skb, l4_csum_off(&p->l4), diff, l4_csum_flags(&p->l4)) < 0)
+            return -1;
+        if (rewrite_port(skb, &p->l4, src, new_port) < 0)
+            return -1;
+    }
     if (bpf_skb_store_bytes(skb, src ? IP6_SRC_OFF : IP6_DST_OFF, new_addr, 16, 0) < 0)
         return -1;
     return 0;
@@ -555,23 +650,47 @@ static __always_inline __u32 fold6(const __u32 *a)
     return a[0] ^ a[1] ^ a[2] ^ a[3];
 }
 
+/* frag4 for IPv6 (ferry_frag6, keyed by the fragment header's identification). */
+static __always_inline int frag6(struct pkt6 *p)
+{
+    struct frag6_key k = {};
+    struct frag4_ports v = {};
+
+    if (p->frag == FRAG_NONE)
+        return 0;
+    __builtin_memcpy(k.saddr, p->saddr, 16);
+    __builtin_memcpy(k.daddr, p->daddr, 16);
+    k.id = p->id;
+    k.proto = p->l4.proto;
+    if (p->frag == FRAG_FIRST) {
+        frag_record(&v, &p->l4);
+        map_update(ferry_frag6, &k, &v, BPF_ANY);
+        return 0;
+    }
+    return frag_follow(&p->l4, map_lookup(ferry_frag6, &k));
+}
+
 /* reclaim4 for IPv6. */
-static __always_inline int reclaim6(struct nat_tuple6 *rk, struct nat_entry6 *rv, __u64 now)
+static __always_inline int reclaim6(struct nat_tuple6 *rk, struct nat_entry6 *rv, __u64 now,
+                                    __u64 grace)
 {
     struct nat_entry6 *old = map_lookup(ferry_nat_rev6, rk);
     struct nat_tuple6 stale = {};
+    int early, why = refusal(old != 0, old ? old->tcp_out : 0, old ? old->tcp_in : 0,
+                             old ? old->last_used : 0, rk->proto, now, grace);
 
-    if (!old || !reusable(rk->proto, old->tcp_out, old->tcp_in, old->last_used, now))
-        return -1;
+    if (why)
+        return why;
     __builtin_memcpy(stale.saddr, old->addr, 16);
     __builtin_memcpy(stale.daddr, rk->saddr, 16);
     stale.sport = old->port;
     stale.dport = rk->sport;
     stale.proto = rk->proto;
+    early = now - old->last_used <= NAT_REUSE_NS;
     map_delete(ferry_nat_fwd6, &stale);
     if (map_update(ferry_nat_rev6, rk, rv, BPF_ANY) < 0)
-        return -1;
-    count(STAT_REUSED_CLOSED);
+        return STAT_TRY_REFUSED;
+    count(early ? STAT_REUSED_EARLY : STAT_REUSED_CLOSED);
     return 0;
 }
 
@@ -581,8 +700,8 @@ static __always_inline int nat_alloc6(struct nat_config *cfg, struct pkt6 *p,
     struct nat_tuple6 rk = {};
     struct nat_entry6 rv = {};
     __u32 port = port_first(cfg, &p->l4, fold6(p->saddr) ^ fold6(p->daddr));
-    __u64 now = bpf_ktime_get_ns();
-    int i;
+    __u64 now = nat_clock();
+    int i, why;
 
     __builtin_memcpy(rk.saddr, p->daddr, 16);
     __builtin_memcpy(rk.daddr, cfg->node_ip6, 16);
@@ -594,13 +713,15 @@ static __always_inline int nat_alloc6(struct nat_config *cfg, struct pkt6 *p,
     rv.created = rv.last_used = now;
     for (i = 0; i < NAT_RETRIES; i++) {
         rk.dport = bpf_htons((__u16)port);
-        if (map_update(ferry_nat_rev6, &rk, &rv, BPF_NOEXIST) == 0 ||
-            reclaim6(&rk, &rv, now) == 0) {
+        why = map_update(ferry_nat_rev6, &rk, &rv, BPF_NOEXIST) == 0 ? 0 :
+              reclaim6(&rk, &rv, now, reuse_grace(i));
+        if (why == 0) {
             __builtin_memcpy(out->addr, cfg->node_ip6, 16);
             out->port = rk.dport;
             out->created = out->last_used = now;
             return 0;
         }
+        count(why);
         port = port_next(cfg);
     }
     return -1;
@@ -648,18 +769,26 @@ static __always_inline int snat6_eg(struct __sk_buff *skb)
     __u8 flags;
 
     /* Only TCP, UDP and echo requests: NDP, MLD and ICMPv6 errors pass untouched. */
-    if (parse6(skb, &p) < 0 || !snat_kind(&p.l4))
+    if (parse6(skb, &p) < 0 || (!snat_kind(&p.l4) && p.frag != FRAG_LATER))
         return TC_ACT_OK;
     cfg = nat_cfg();
     if (!snat_cfg_ok(cfg) || ip6_zero(cfg->node_ip6))
         return TC_ACT_OK;
+    if (p.frag != FRAG_NONE) {
+        if (!snat6_wanted(&p))
+            return TC_ACT_OK;
+        if (frag6(&p) < 0) {
+            count(STAT_FRAGMENT_UNKNOWN); /* as in snat4_eg */
+            return TC_ACT_OK;
+        }
+    }
 
     __builtin_memcpy(fk.saddr, p.saddr, 16);
     __builtin_memcpy(fk.daddr, p.daddr, 16);
     fk.sport = p.l4.sport;
     fk.dport = p.l4.dport;
     fk.proto = p.l4.proto;
-    now = bpf_ktime_get_ns();
+    now = nat_clock();
     e = map_lookup(ferry_nat_fwd6, &fk);
     if (e) {
         touch(&e->last_used, now);
@@ -667,7 +796,7 @@ static __always_inline int snat6_eg(struct __sk_buff *skb)
         if (flags & (TH_FIN | TH_RST | TH_SYN))
             tcp_out6(&fk, e, flags, now);
     } else {
-        if (!snat6_wanted(&p))
+        if (p.frag == FRAG_NONE && !snat6_wanted(&p))
             return TC_ACT_OK;
         if (nat_alloc6(cfg, &p, &fresh) < 0) {
             count(STAT_ALLOC_FAIL6);
@@ -765,13 +894,17 @@ static __always_inline int snat6_in(struct __sk_buff *skb)
 
     if (parse6(skb, &p) < 0)
         return TC_ACT_OK;
-    if (!rnat_kind(&p.l4) && p.l4.proto != IPPROTO_ICMPV6)
+    if (!rnat_kind(&p.l4) && p.l4.proto != IPPROTO_ICMPV6 && p.frag != FRAG_LATER)
         return TC_ACT_OK;
     cfg = nat_cfg();
     if (!snat_cfg_ok(cfg) || ip6_zero(cfg->node_ip6) || !ip6_eq(p.daddr, cfg->node_ip6))
         return TC_ACT_OK;
-    if (!rnat_kind(&p.l4))
+    if (p.frag != FRAG_NONE) {
+        if (frag6(&p) < 0 || !rnat_kind(&p.l4))
+            return TC_ACT_OK; /* a later fragment of the node's own traffic, or not ours */
+    } else if (!rnat_kind(&p.l4)) {
         return icmp6_is_error(skb, &p) ? icmp_err6_in(skb, &p, cfg) : TC_ACT_OK;
+    }
     if (!port_in_range(cfg, p.l4.dport))
         return TC_ACT_OK;
     __builtin_memcpy(rk.saddr, p.saddr, 16);
@@ -784,7 +917,7 @@ static __always_inline int snat6_in(struct __sk_buff *skb)
         count(STAT_NO_MAPPING);
         return TC_ACT_OK;
     }
-    now = bpf_ktime_get_ns();
+    now = nat_clock();
     touch(&e->last_used, now);
     flags = tcp_flags(skb, &p.l4);
     if (flags & (TH_FIN | TH_RST))

@@ -20,9 +20,9 @@ import contextlib
 import os
 import struct
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from elftools.elf.elffile import ELFFile
@@ -344,9 +344,12 @@ class _Fds:
                 os.close(fd)
 
 
-def load_and_pin(paths: Iterable[Path], stage: str, skip: Iterable[str] = ()) -> float:
+def load_and_pin(paths: Iterable[Path], stage: str, skip: Iterable[str] = (),
+                 sizes: Mapping[str, int] | None = None) -> float:
     """Load the objects' maps and programs (all of PROGRAMS but `skip`) and pin them under
-    `stage`/{progs,maps}. Returns the load time in seconds (parse to last program)."""
+    `stage`/{progs,maps}; `sizes`: max_entries by map name for the maps whose size the
+    configuration sets (MapSpec.size_macro), instead of the objects' default. Returns the load
+    time in seconds (parse to last program)."""
     started = time.monotonic()
     objs = [parse(Path(p)) for p in paths]
     maps: dict[str, MapDef] = {}
@@ -359,6 +362,10 @@ def load_and_pin(paths: Iterable[Path], stage: str, skip: Iterable[str] = ()) ->
                 raise ElfError(f"map {name} is defined differently in {first.obj.path.name} "
                                f"and {obj.path.name}")
     _check_layout(maps)
+    for name, n in (sizes or {}).items():
+        if not MAPS[name].size_macro:
+            raise ElfError(f"map {name} has a fixed size ({MAPS[name].max_entries})")
+        maps[name] = replace(maps[name], max_entries=n)
     wanted = [p for p in PROGRAMS if p not in set(skip)]
     found = {name: (obj, prog) for obj in objs for name, prog in obj.programs.items()}
     missing = [p for p in wanted if p not in found]

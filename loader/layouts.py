@@ -30,7 +30,7 @@ RANDOMIZE = {"prng": 0, "hashrandom": 1, "none": 2}
 # The per-CPU counters of ferry_stats, by index (bpf/snat.c counts them, ferryd exports them).
 STATS = ("xlate_eg4", "xlate_in4", "xlate_eg6", "xlate_in6", "alloc_fail4", "alloc_fail6",
          "reused_closed", "icmp_error", "fragment", "drop_rewrite", "fragment_unknown",
-         "no_mapping")
+         "no_mapping", "try_open", "try_closing", "try_refused", "reused_early")
 CONSTANTS = {"EP_F_POD_ENI": EP_F_POD_ENI, "NAT_RETRIES": 128, "ETH_HLEN": 14,
              "TCP_FIN": TCP_FIN, "TCP_RST": TCP_RST,
              **{f"SNAT_{k.upper()}": v for k, v in RANDOMIZE.items()},
@@ -38,7 +38,8 @@ CONSTANTS = {"EP_F_POD_ENI": EP_F_POD_ENI, "NAT_RETRIES": 128, "ETH_HLEN": 14,
              "NAT_TOUCH_NS": 1_000_000_000,
              # a closed TCP flow's port goes to a new flow 0.5 s after it closed: its last ACK,
              # or one retransmission of the peer's FIN (RTO >= 200 ms), had time to pass;
-             # 4,536 ports then carry ~9,000 new flows/s to one destination
+             # 4,536 ports then carry ~9,000 new flows/s to one destination; beyond that the
+             # later tries of an allocation shorten the delay (bpf/snat.c reuse_grace)
              "NAT_REUSE_NS": 500_000_000,
              **{f"STAT_{name.upper()}": i for i, name in enumerate(STATS)},
              "STAT_COUNT": len(STATS)}
@@ -107,7 +108,8 @@ class NatTuple4(_Struct):
 
 class NatEntry4(_Struct):
     """What to rewrite to: forward entries hold node IP + allocated port, reverse entries the
-    pod's IP + original port. last_used is bpf_ktime_get_ns() (CLOCK_MONOTONIC) for the GC,
+    pod's IP + original port. last_used is bpf_ktime_get_coarse_ns() (CLOCK_MONOTONIC at tick
+    resolution) for the GC,
     rewritten at most every NAT_TOUCH_NS. TCP state lives in the reverse entry (the port's
     claim): tcp_out what the pod sent, tcp_in what came back (0, TCP_FIN, TCP_RST); each is
     written by one direction only, so the two programs never race on a byte."""
@@ -140,6 +142,14 @@ class Frag4Key(_Struct):
     c_name = "frag4_key"
     _fields_ = [("saddr", ct.c_uint32), ("daddr", ct.c_uint32), ("id", ct.c_uint16),
                 ("proto", ct.c_uint8), ("pad", ct.c_uint8)]
+
+
+class Frag6Key(_Struct):
+    """Frag4Key for IPv6: the fragment header's 32-bit identification."""
+
+    c_name = "frag6_key"
+    _fields_ = [("saddr", Addr6), ("daddr", Addr6), ("id", ct.c_uint32), ("proto", ct.c_uint8),
+                ("pad", ct.c_uint8 * 3)]
 
 
 class Frag4Ports(_Struct):
@@ -189,9 +199,12 @@ class MapSpec:
     value: type[_Struct]
     max_entries: int  # the default build's (the prebuilt objects')
     flags: str = "0"
-    # A macro of DEFAULTS for the size, which a -D compile flag can change (bcc builds: the
-    # ELF loader takes the objects' sizes, and a compile flag makes `auto` choose bcc).
+    # A macro of DEFAULTS for the size, set by natMaxEntries: a -D compile flag for bcc, the
+    # max_entries the ELF loader creates the map with (as libbpf's bpf_map__set_max_entries).
     size_macro: str = ""
+    # Flow state the programs write (not re-synced from ferryd's records): a reload of another
+    # build or size copies it from the old maps into the new ones (loader/pins.py).
+    carried: bool = False
 
     @property
     def c_max_entries(self) -> str:
@@ -219,27 +232,35 @@ MAPS: dict[str, MapSpec] = {m.name: m for m in (
     MapSpec("ferry_snat_excl", "lpm_trie", Lpm4Key, Excluded, 1024, "BPF_F_NO_PREALLOC"),
     MapSpec("ferry_nat_cfg", "array", ct.c_uint32, NatConfig, 1),
     MapSpec("ferry_nat_fwd", "lru_hash", NatTuple4, NatEntry4, NAT_MAX,
-            size_macro="FERRY_NAT_MAX"),
+            size_macro="FERRY_NAT_MAX", carried=True),
     MapSpec("ferry_nat_rev", "lru_hash", NatTuple4, NatEntry4, NAT_MAX,
-            size_macro="FERRY_NAT_MAX"),
+            size_macro="FERRY_NAT_MAX", carried=True),
     MapSpec("ferry_redirect", "hash", Ip4Key, Redirect, 4096),
     # IPv6 SNAT: the same roles as the four IPv4 maps above (names: 15 chars at most).
     MapSpec("ferry_endpoint6", "hash", Ip6Key, Endpoint, 16384),
     MapSpec("ferry_snat_ex6", "lpm_trie", Lpm6Key, Excluded, 1024, "BPF_F_NO_PREALLOC"),
     MapSpec("ferry_nat_fwd6", "lru_hash", NatTuple6, NatEntry6, NAT_MAX,
-            size_macro="FERRY_NAT_MAX"),
+            size_macro="FERRY_NAT_MAX", carried=True),
     MapSpec("ferry_nat_rev6", "lru_hash", NatTuple6, NatEntry6, NAT_MAX,
-            size_macro="FERRY_NAT_MAX"),
+            size_macro="FERRY_NAT_MAX", carried=True),
     # IPv4 fragments of NATed datagrams in flight (Cilium keeps 8k), both directions.
-    MapSpec("ferry_frag4", "lru_hash", Frag4Key, Frag4Ports, 8192),
+    MapSpec("ferry_frag4", "lru_hash", Frag4Key, Frag4Ports, 8192, carried=True),
+    MapSpec("ferry_frag6", "lru_hash", Frag6Key, Frag4Ports, 8192, carried=True),
     MapSpec("ferry_stats", "percpu_array", ct.c_uint32, Counter, len(STATS)),
     MapSpec("ferry_meta", "array", ct.c_uint32, Meta, 1),
 )}
+
+
+def map_sizes(nat_max: int = NAT_MAX) -> dict[str, int]:
+    """max_entries of the maps a natMaxEntries sizes (the others keep their MapSpec size)."""
+    return {m.name: nat_max for m in MAPS.values() if m.size_macro == "FERRY_NAT_MAX"}
+
+
 # Programs: function name in bpf/*.c == kernel prog name (15 chars max) == pin file name.
 PROGRAMS = ("ferry_snat_eg", "ferry_snat_in", "ferry_eni_eg", "ferry_eni_in")
 # 2: IPv6 maps, nat_config.node_ip6; 3: meta.loader, meta.missing; 4: TCP state, randomize,
-# fragments, counters
-LAYOUT_VERSION = 4
+# fragments, counters; 5: IPv6 fragments (ferry_frag6)
+LAYOUT_VERSION = 5
 
 _C_TYPES = {ct.c_uint8: "__u8", ct.c_uint16: "__u16", ct.c_uint32: "__u32",
             ct.c_uint64: "__u64"}

@@ -26,7 +26,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from loader import objects, probes, syscall
-from loader.layouts import LAYOUT_VERSION, LOADERS, MAPS, PROGRAMS, Meta, c_header
+from loader.layouts import (
+    LAYOUT_VERSION,
+    LOADERS,
+    MAPS,
+    NAT_MAX,
+    PROGRAMS,
+    Meta,
+    c_header,
+    map_sizes,
+)
 from loader.maps import PinnedMap
 
 # The `bpf` package holds the sources and the prebuilt objects as package data: beside loader/
@@ -56,6 +65,7 @@ class LoadResult:
     loader: str = ""  # "elf" or "bcc": the loader of the pinned build
     why: str = ""  # why that loader
     missing: int = 0  # probes bits the pinned build found missing (their programs skipped)
+    carried: dict[str, int] = field(default_factory=dict)  # flow entries kept, by map
 
 
 def pin_dir(root: str, network: str) -> str:
@@ -138,9 +148,11 @@ def bcc_available() -> tuple[bool, str]:
 
 
 def build_hash(bpf_dir: Path = BPF_DIR, cflags: tuple[str, ...] = (), loader: str = "bcc",
-               obj_dir: Path = OBJECT_DIR, skip: tuple[str, ...] = ()) -> str:
+               obj_dir: Path = OBJECT_DIR, skip: tuple[str, ...] = (),
+               nat_max: int = NAT_MAX) -> str:
     h = hashlib.sha256()
-    h.update(f"layout={LAYOUT_VERSION}\nloader={loader}\nskip={','.join(skip)}\n".encode())
+    h.update(f"layout={LAYOUT_VERSION}\nloader={loader}\nskip={','.join(skip)}\n"
+             f"nat_max={nat_max}\n".encode())
     if loader == "elf":
         for name in sorted(objects.OBJECTS):
             h.update(f"{name}\0".encode())
@@ -190,22 +202,24 @@ def prog_ids(pins: str) -> dict[str, int]:
 
 def load(root: str, network: str, bpf_dir: Path = BPF_DIR, cflags: tuple[str, ...] = (),
          loader: str = "auto", obj_dir: Path = OBJECT_DIR,
-         features: probes.Features | None = None) -> LoadResult:
+         features: probes.Features | None = None, nat_max: int = NAT_MAX) -> LoadResult:
     """Reopen the network's pins if they hold this build, else load it (from the prebuilt
     objects or by bcc, see choose_loader) and pin it. Programs whose kernel features are
-    missing (`features`, probed when not given) are not loaded; ferry_meta records which."""
+    missing (`features`, probed when not given) are not loaded; ferry_meta records which.
+    `nat_max` sizes the NAT maps (natMaxEntries): part of the build, so another size is a new
+    load; either way the flow state of the build it replaces is carried over (carry_state)."""
     started = time.monotonic()
     ensure_bpffs(root)
     pins = pin_dir(root, network)
     chosen, why = choose_loader(loader, bpf_dir, obj_dir, cflags)
     feats = features if features is not None else probes.probe()
     skip = feats.skipped_programs()
-    digest = build_hash(bpf_dir, cflags, chosen, obj_dir, skip)
+    digest = build_hash(bpf_dir, cflags, chosen, obj_dir, skip, nat_max)
     code = next(k for k, v in LOADERS.items() if v == chosen)
-    rec = pinned_meta(pins)
-    if rec is not None and bytes(rec.hash).hex() == digest:
+    pinned = pinned_meta(pins)
+    if pinned is not None and bytes(pinned.hash).hex() == digest:
         return LoadResult(pins, digest, False, time.monotonic() - started, prog_ids(pins),
-                          chosen, why, rec.missing)
+                          chosen, why, pinned.missing)
 
     stage = f"{pins}-stage{os.getpid()}"
     _remove(stage)
@@ -213,11 +227,15 @@ def load(root: str, network: str, bpf_dir: Path = BPF_DIR, cflags: tuple[str, ..
         if chosen == "elf":
             from loader import elf
 
-            elf.load_and_pin([obj_dir / o for o in objects.OBJECTS], stage, skip)
+            elf.load_and_pin([obj_dir / o for o in objects.OBJECTS], stage, skip,
+                             map_sizes(nat_max))
         else:
             from loader import bcc_backend
 
-            bcc_backend.compile_and_pin(source_text(bpf_dir), list(cflags), stage, skip)
+            size_flags = [f"-DFERRY_NAT_MAX={nat_max}"] if nat_max != NAT_MAX else []
+            bcc_backend.compile_and_pin(source_text(bpf_dir), [*cflags, *size_flags], stage,
+                                        skip)
+        carried = carry_state(pins, stage) if pinned is not None else {}
         with PinnedMap(map_path(stage, "ferry_meta"), MAPS["ferry_meta"]) as meta:
             rec = Meta(layout_version=LAYOUT_VERSION, compiled_at=time.time_ns(), loader=code,
                        missing=feats.missing)
@@ -232,7 +250,28 @@ def load(root: str, network: str, bpf_dir: Path = BPF_DIR, cflags: tuple[str, ..
         _remove(stage)
         raise
     return LoadResult(pins, digest, True, time.monotonic() - started, prog_ids(pins), chosen,
-                      why, feats.missing)
+                      why, feats.missing, carried)
+
+
+def carry_state(old: str, new: str) -> dict[str, int]:
+    """Copy the flow state the programs wrote (MapSpec.carried: NAT flows, fragments) from the
+    build pinned at `old` into the fresh maps of `new`, so that a reload (another build, or
+    another natMaxEntries) keeps established flows and their ports. Both are builds of this
+    layout (pinned_meta checked it). A smaller map keeps what fits: an LRU map evicts its least
+    recently used entries. Flows that start between the copy and the swap (milliseconds) are
+    not carried; a retransmission of their packet allocates again. Entries copied, by map."""
+    copied: dict[str, int] = {}
+    for spec in MAPS.values():
+        if not spec.carried:
+            continue
+        with PinnedMap(map_path(old, spec.name), spec) as src, \
+                PinnedMap(map_path(new, spec.name), spec) as dst:
+            n = 0
+            for key, value in src.items():
+                dst.put(key, value)
+                n += 1
+            copied[spec.name] = n
+    return copied
 
 
 def pinned_loader(pins: str) -> str:

@@ -115,6 +115,22 @@ class NatCollector(Collector):
         for reason, n in stats["drops"].items():
             drops.add_metric([reason], n)
         yield drops
+        counts = stats.get("counters", {})  # eBPF only: the per-CPU counters by name
+        if counts:
+            tries = CounterMetricFamily("ferry_nat_port_refusals",
+                                        "Ports an allocation try could not take: open (its "
+                                        "flow is open), closing (closed < 0.5 s ago), refused "
+                                        "(the map refused the insert)", labels=["reason"])
+            for reason in ("open", "closing", "refused"):
+                tries.add_metric([reason], counts.get(f"try_{reason}", 0))
+            yield tries
+            reused = CounterMetricFamily("ferry_nat_ports_reused",
+                                         "Ports taken over from closed TCP flows: after the "
+                                         "0.5 s reuse delay, or early (a destination's new "
+                                         "flows outran it)", labels=["when"])
+            reused.add_metric(["closed"], counts.get("reused_closed", 0))
+            reused.add_metric(["early"], counts.get("reused_early", 0))
+            yield reused
 
 
 def serve(agent: Agent, host: str, port: int) -> None:

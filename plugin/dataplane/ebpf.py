@@ -31,7 +31,6 @@ from typing import Any
 
 from loader import pins, probes, syscall
 from loader.layouts import (
-    DEFAULTS,
     EP_F_POD_ENI,
     RANDOMIZE,
     STATS,
@@ -281,8 +280,8 @@ def load_node(conf: NetConf, cflags: tuple[str, ...] = ()) -> dict[str, Any]:
         node = discover(conf, rt)
         uplink, idx, node_ip, node_ip6 = node.uplink, node.index, node.ip4, node.ip6
         try:
-            res = pins.load(conf.bpffs_root, conf.name, cflags=cflags + nat_cflags(conf),
-                            loader=conf.loader)
+            res = pins.load(conf.bpffs_root, conf.name, cflags=cflags, loader=conf.loader,
+                            nat_max=conf.nat_max_entries)
         except pins.LoaderUnavailable as e:
             raise CniError(Code.INTERNAL, f"cannot load the eBPF dataplane: {e}",
                            "install the prebuilt objects (loader elf) or bcc with kernel "
@@ -301,7 +300,8 @@ def load_node(conf: NetConf, cflags: tuple[str, ...] = ()) -> dict[str, Any]:
                "seconds": round(res.seconds, 4), "hash": res.hash[:16], "uplink": uplink,
                "nodeIP": str(node_ip), "nodeIPv6": str(node_ip6 or ""),
                "snatPorts": f"{low}-{high}", "randomizeSNAT": conf.randomize_snat,
-               "natMaxEntries": conf.nat_max_entries, "progIds": res.prog_ids,
+               "natMaxEntries": conf.nat_max_entries, "carried": res.carried,
+               "progIds": res.prog_ids,
                "loader": res.loader, "loaderWhy": res.why,
                "missingFeatures": probes.Features(res.missing).missing_names(),
                "podENI": eni_by_routing(res.missing) or "ebpf", "synced": synced}
@@ -310,14 +310,6 @@ def load_node(conf: NetConf, cflags: tuple[str, ...] = ()) -> dict[str, Any]:
              res.loader, res.why, f"; {eni_by_routing(res.missing)}"
              if eni_by_routing(res.missing) else "", extra=summary)
     return summary
-
-
-def nat_cflags(conf: NetConf) -> tuple[str, ...]:
-    """The NAT maps' size is a compile-time constant of the build (part of its hash); the
-    default adds no flag, so that the default build is the one a plain pins.load() makes."""
-    if conf.nat_max_entries == DEFAULTS["FERRY_NAT_MAX"]:
-        return ()
-    return (f"-DFERRY_NAT_MAX={conf.nat_max_entries}",)
 
 
 def _fill_exclusions(conf: NetConf, d: str) -> None:

@@ -135,11 +135,16 @@ def test_20k_short_connections_to_one_server_and_an_idle_flow_keeps_its_port(
         dp.ctl("gc")
         assert still_works(idle)
         stats = dp.inspect()["natStats"]
-        # eBPF runs have seen a few SYNs (0-3 of 20,000, at any rate) find no port in 128
-        # tries and be dropped; the retransmitted SYN gets one and the connection succeeds
-        # (asserted above). The cause is not known yet: bound it here, do not hide it.
-        print(f"{dp.mode}: allocation failures {stats['allocFailures']['ipv4']}")
-        assert stats["allocFailures"]["ipv4"] <= CHURN // 1000, stats
+        print(f"{dp.mode}: allocation failures {stats['allocFailures']['ipv4']}, "
+              f"counters {stats.get('counters', {})}")
+        # No SYN dropped for want of a port, not even one that a retransmission would have
+        # recovered. The client's first ~4,000 connections run at ~9,000/s (before its own
+        # TIME_WAIT sockets slow its connect()), what the range carries with the 0.5 s reuse
+        # delay: eBPF then reuses ports closed less long ago (reused_early), as conntrack
+        # (iptables) reuses a closed tuple at once.
+        assert stats["allocFailures"]["ipv4"] == 0, stats
+        if dp.mode == "ebpf":
+            assert stats["counters"]["try_refused"] == 0, stats  # only live claims refuse
         assert 1 <= stats["destPortsMax"]["ipv4"] <= 65535 - 61000 + 1
     finally:
         stop(idle, server)
@@ -171,6 +176,9 @@ def test_exhausted_range_counts_failures_and_keeps_flows_that_have_a_port(mode: 
             after = _metrics(node.ns)
             assert after['ferry_nat_alloc_failures_total{family="ipv4"}'] >= 2, after
             assert after['ferry_nat_entries{family="ipv4"}'] >= 8
+            if mode == "ebpf":  # every one of the 2 x 128 tries met a live (open) flow
+                assert after['ferry_nat_port_refusals_total{reason="open"}'] >= 2 * 128, after
+                assert after['ferry_nat_port_refusals_total{reason="refused"}'] == 0, after
             assert all(still_works(p) for p in held)  # the eight keep their ports
         finally:
             stop(*held, server)
@@ -201,11 +209,48 @@ for p in (62000, 62001, 62002):
                 assert (ports == [62000, 62001, 62002]) is kept, (randomize, ports)
 
 
-def test_nat_max_entries_sizes_the_ebpf_nat_maps() -> None:
-    with dataplane_node("ebpf", natMaxEntries=4096) as dp:
-        for name in ("ferry_nat_fwd", "ferry_nat_rev", "ferry_nat_fwd6", "ferry_nat_rev6"):
-            # bpftool in the host namespaces: `ip netns exec` would mount a /sys without bpffs.
-            info = json.loads(sh("bpftool", "-j", "map", "show", "pinned",
-                                 f"{dp.pin_dir}/maps/{name}"))
-            assert info["max_entries"] == 4096, info
+NAT_MAPS = ("ferry_nat_fwd", "ferry_nat_rev", "ferry_nat_fwd6", "ferry_nat_rev6")
+
+
+def _max_entries(dp: DataplaneNode) -> set[int]:
+    # bpftool in the host namespaces: `ip netns exec` would mount a /sys without bpffs.
+    return {json.loads(sh("bpftool", "-j", "map", "show", "pinned",
+                          f"{dp.pin_dir}/maps/{name}"))["max_entries"] for name in NAT_MAPS}
+
+
+@pytest.mark.parametrize("loader", ["elf", "bcc"])
+def test_nat_max_entries_sizes_the_nat_maps_with_either_loader(loader: str) -> None:
+    # The prebuilt objects hold the default size: the ELF loader creates the maps with
+    # natMaxEntries instead (as libbpf's bpf_map__set_max_entries); bcc compiles it in.
+    with dataplane_node("ebpf", natMaxEntries=4096, loader=loader) as dp:
+        assert _max_entries(dp) == {4096}
         assert dp.inspect()["natStats"]["maxEntries"] == 4096
+        pod = dp.add_pod("sized")
+        with recorder(dp.node.ext, "tcp", dp.node.ext_ip4, 7303) as srv:
+            pod.ns.run("python3", "-c", "import socket,sys; c=socket.create_connection("
+                       "(sys.argv[1], 7303)); c.sendall(b'x'); c.recv(1)", dp.node.ext_ip4)
+            assert seen(srv, 1)[0][0] == dp.node.node_ip4
+
+
+def test_a_reload_with_another_nat_max_entries_keeps_established_flows() -> None:
+    # Another natMaxEntries is another build: the reload makes maps of the new size, copies
+    # the flows of the old ones into them and swaps; an established flow keeps its port.
+    with dataplane_node("ebpf") as dp:
+        node = dp.node
+        server = echo_server(node.ext, node.ext_ip4, 7304)
+        pod = dp.add_pod("resize")
+        held = held_flow(pod.ns, node.ext_ip4, 7304)
+        try:
+            assert _max_entries(dp) == {65536}
+            dp.conf_path.write_text(json.dumps({**dp.conf, "natMaxEntries": 8192}))
+            out = dp.load()
+            assert out["compiled"] and out["natMaxEntries"] == 8192, out
+            assert out["carried"]["ferry_nat_fwd"] >= 1 and out["carried"]["ferry_nat_rev"] >= 1
+            assert _max_entries(dp) == {8192}
+            assert still_works(held)  # its reply found its reverse entry in the new map
+            assert dp.inspect()["natStats"]["entries"]["ipv4"] >= 1
+            out = json.loads(pod.ns.run("python3", "-c", CHURN_CLIENT, node.ext_ip4, "7304",
+                                        "20"))
+            assert out["failed"] == 0, out
+        finally:
+            stop(held, server)
