@@ -5,6 +5,7 @@ Layout under <dataDir>/<network>/:
                          (files written by old host-local versions hold the id alone)
   last_reserved_ip.<N>   the last IP handed out from range set N (round-robin start point)
   lock                   flock()ed around every read-modify-write, by ferry and host-local alike
+  .reserving             a reservation being written, linked to its <ip> name when complete
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from plugin.protocol import Address
 
 LINE_BREAK = "\r\n"
 LAST_RESERVED = "last_reserved_ip."
+SCRATCH = ".reserving"  # a reservation file being written (Store.reserve)
 
 
 def _warn(msg: str, *args: object) -> None:
@@ -75,22 +77,31 @@ class Store:
             os.close(fd)  # closing drops the flock
 
     def reserve(self, ip: Address, container_id: str, ifname: str, range_set: int) -> bool:
-        """Claim `ip`; False when somebody (ferry or host-local) holds it already. A write
-        that fails (a full disk) leaves no file behind: an ownerless reservation would hold
-        the IP for good."""
-        path = self.dir / str(ip)
+        """Claim `ip`; False when somebody (ferry or host-local) holds it already.
+
+        The file appears with its content or not at all: it is written under a scratch name
+        and hard-linked to the IP's name (which fails if the IP is taken, as O_EXCL would).
+        A process killed between an O_EXCL create and its write would leave an empty file,
+        an ownerless reservation that no DEL or GC can match, holding the IP for good. One
+        scratch name is enough: every reserve runs under the store's lock, and a scratch file
+        a killed writer left is overwritten by the next one."""
+        path, scratch = self.dir / str(ip), self.dir / SCRATCH
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        except FileExistsError:
-            return False
-        try:
+            fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
             with os.fdopen(fd, "w") as f:
                 f.write(f"{container_id.strip()}{LINE_BREAK}{ifname}")
-            self.set_last_reserved(range_set, str(ip))
-        except BaseException:
-            path.unlink(missing_ok=True)
-            raise
-        return True
+            try:
+                os.link(scratch, path)
+            except FileExistsError:
+                return False
+            try:
+                self.set_last_reserved(range_set, str(ip))
+            except BaseException:
+                path.unlink(missing_ok=True)
+                raise
+            return True
+        finally:
+            scratch.unlink(missing_ok=True)
 
     def set_last_reserved(self, range_set: int, value: str | None) -> None:
         path = self.dir / f"{LAST_RESERVED}{range_set}"
@@ -129,7 +140,7 @@ class Store:
             return
         with entries:
             for entry in entries:
-                if (entry.name == "lock" or entry.name.startswith(LAST_RESERVED)
+                if (entry.name in ("lock", SCRATCH) or entry.name.startswith(LAST_RESERVED)
                         or not entry.is_file(follow_symlinks=False)):
                     continue
                 try:

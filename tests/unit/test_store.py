@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -185,3 +186,28 @@ def test_a_directory_in_the_network_dir_is_not_a_reservation(store: Store) -> No
     (store.dir / "10.1.2.4").mkdir()
     assert list(store.reservations()) == [ipaddress.ip_address("10.1.2.3")]
     assert store.release_owned_by("c9", "eth0") == []
+
+
+@pytest.mark.parametrize("killed_in", ["write", "link"])
+def test_a_writer_killed_mid_reserve_leaves_no_ownerless_reservation(
+        store: Store, tmp_path: Path, killed_in: str) -> None:
+    """SIGKILL (here: os._exit) while a reservation is being written. An empty <ip> file
+    would hold the IP for good (no DEL or GC can match its owner); the IP must stay free and
+    the next reserve must work and clean up after the dead writer."""
+    target = "os.fdopen" if killed_in == "write" else "os.link"
+    script = (
+        "import os, sys, ipaddress\n"
+        f"sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})\n"
+        "from plugin.ipam.store import Store\n"
+        f"s = Store({str(tmp_path)!r}, 'net1')\n"
+        f"{target} = lambda *a, **k: os._exit(9)\n"
+        "with s.locked():\n"
+        "    s.reserve(ipaddress.ip_address('10.1.0.9'), 'dead', 'eth0', 0)\n")
+    proc = subprocess.run([sys.executable, "-c", script], check=False)
+    assert proc.returncode == 9, "the writer was not killed where the test meant"
+    assert not (store.dir / "10.1.0.9").exists()
+    with store.locked():
+        assert store.reserve(A("10.1.0.9"), "ctr2", "eth0", 0)
+    assert (store.dir / "10.1.0.9").read_bytes() == b"ctr2\r\neth0"
+    assert sorted(p.name for p in store.dir.iterdir()) == \
+        ["10.1.0.9", "last_reserved_ip.0", "lock"]
