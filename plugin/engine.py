@@ -173,9 +173,10 @@ def teardown(conf: NetConf, req: Request, att: Attachment, states: StateStore, r
     dataplane state, veth pair, IPs (through plugin.ipam, delegated plugins included), record.
     The one removal of an attachment: DEL, GC, ferryd's reconcile, ferry-egress's DEL and GC.
     req: the DEL as the IPAM sees it (a delegated plugin is exec'd with it)."""
-    _unwire(conf, states, att, req.netns or att.netns, recorded, ctx, dataplane)
-    ipam.release(conf, req)
-    states.remove(att.container_id, att.ifname)
+    with states.locked(shared=True):  # a dataplane re-sync waits: see StateStore.locked
+        _unwire(conf, states, att, req.netns or att.netns, recorded, ctx, dataplane)
+        ipam.release(conf, req)
+        states.remove(att.container_id, att.ifname)
 
 
 def del_request(att: Attachment, config: dict[str, Any], path: list[str]) -> Request:

@@ -16,10 +16,12 @@ veth or the node's uplink.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import ipaddress
 import json
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -174,6 +176,24 @@ class StateStore:
                 tmp.unlink(missing_ok=True)  # a full disk: no half record left behind
                 raise
         self._drop_legacy(att.container_id, att.ifname)
+
+    @contextlib.contextmanager
+    def locked(self, shared: bool = False) -> Iterator[None]:
+        """flock the store's directory (no file to create: it works on a full disk). A
+        teardown holds it shared from its first step to the record's removal, a dataplane
+        re-sync exclusive while it re-reads and re-applies one record: a re-sync then never
+        re-installs what a DEL in flight already removed, after which nothing would remove
+        it. No directory: there is no record to guard."""
+        try:
+            fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
+        except (FileNotFoundError, NotADirectoryError):
+            yield
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing drops the flock
 
     def remove(self, container_id: str, ifname: str) -> None:
         with contextlib.suppress(FileNotFoundError, NotADirectoryError):

@@ -194,12 +194,19 @@ def resync(dataplane: Dataplane, conf: NetConf) -> int:
     """Re-apply every complete attachment of the network (after a load that may have made
     fresh maps or chains); how many were applied. A pod that cannot be is logged, not fatal."""
     synced = 0
-    for att in StateStore(conf.state_dir, conf.name, conf.veth_prefix).all():
-        if not att.complete:
+    states = StateStore(conf.state_dir, conf.name, conf.veth_prefix)
+    for listed in states.all():
+        if not listed.complete:
             continue
-        try:
-            dataplane.attach(conf, att)
-            synced += 1
-        except (CniError, OSError) as e:
-            log.warning("load: cannot re-sync %s/%s: %s", att.container_id, att.ifname, e)
+        # A DEL may be removing the pod (standalone binaries run while ferryd starts): it
+        # is waited for, and a record it removed is not re-applied.
+        with states.locked():
+            att = states.load(listed.container_id, listed.ifname)
+            if att is None or not att.complete:
+                continue
+            try:
+                dataplane.attach(conf, att)
+                synced += 1
+            except (CniError, OSError) as e:
+                log.warning("load: cannot re-sync %s/%s: %s", att.container_id, att.ifname, e)
     return synced

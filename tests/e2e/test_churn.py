@@ -5,7 +5,7 @@ it: an ADD that failed (any code) is DELed, a DEL is retried until it succeeds.
 
 Asserted throughout: every answer is a CNI result or error object with no traceback, and no
 IP is ever held by two live pods. After DEL of all: no reservation, record, host veth, pod
-route or rule left, and the eBPF endpoint map is empty.
+route or rule left, and the eBPF endpoint maps (both families) are empty.
 """
 
 from __future__ import annotations
@@ -57,8 +57,10 @@ def valid(call: CniCall) -> str | None:
 
 
 def endpoint_entries(network: str) -> list[object]:
-    pin = f"/sys/fs/bpf/ferry/{network}/maps/ferry_endpoints"
-    return json.loads(sh("bpftool", "-j", "map", "dump", "pinned", pin))
+    """Both families' endpoint maps (IPv4, IPv6)."""
+    return [entry for name in ("ferry_endpoints", "ferry_endpoint6")
+            for entry in json.loads(sh("bpftool", "-j", "map", "dump", "pinned",
+                                       f"/sys/fs/bpf/ferry/{network}/maps/{name}"))]
 
 
 def test_churn_with_sigkills_and_a_full_disk_leaves_nothing(node: Node) -> None:

@@ -1,10 +1,13 @@
 """Choosing and loading the eBPF dataplane: code 11 until it is loaded, `auto` and its log,
-reuse of the pins by a second `ferryctl load`, and `ferryctl inspect` as table and JSON."""
+reuse of the pins by a second `ferryctl load`, a load's re-sync against a DEL in flight, and
+`ferryctl inspect` as table and JSON."""
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 from dataplane_support import ebpf_node
 from harness import Node
@@ -59,6 +62,74 @@ def test_second_load_reuses_pins_and_a_new_flag_recompiles() -> None:
         assert now["progIds"] == flagged["progIds"]
         out = en.node.ns.run("tc", "filter", "show", "dev", "uplink0", "egress")
         assert f"id {flagged['progIds']['ferry_snat_eg']} " in out
+
+
+# In the node's namespace, one process: a pod's DEL runs in the main thread and, once it has
+# removed the pod's map entries but not yet its veth, IPs and record, a load's re-sync of the
+# pods runs in a second thread; the DEL goes on once the re-sync has re-applied the pod or is
+# waiting to. The interleaving of a standalone DEL with the re-sync of a starting ferryd.
+RESYNC_DURING_DEL = r"""
+import fcntl, json, sys, threading
+from plugin import engine, wiring
+from plugin.config import NetConf, parse
+from plugin.dataplane.base import resync
+from plugin.dataplane.ebpf import Ebpf
+from plugin.protocol import Request
+
+raw, container_id, netns = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
+conf = parse(NetConf, raw)
+reached = threading.Event()  # the re-sync attached the pod, waits for the store, or ended
+synced = []
+
+class Dataplane(Ebpf):
+    def attach(self, conf, att):
+        super().attach(conf, att)
+        reached.set()
+
+real_flock = fcntl.flock
+def flock(fd, op):
+    if threading.current_thread() is loader and op & fcntl.LOCK_EX:
+        reached.set()
+    return real_flock(fd, op)
+fcntl.flock = flock
+
+def load():
+    try:
+        synced.append(resync(Dataplane(), conf))
+    finally:
+        reached.set()
+loader = threading.Thread(target=load)
+
+real_teardown = wiring.teardown
+def teardown(*args, **kw):
+    loader.start()
+    reached.wait()
+    return real_teardown(*args, **kw)
+wiring.teardown = teardown
+
+req = Request(command="DEL", container_id=container_id, ifname="eth0", netns=netns,
+              config=raw)
+engine.delete(conf, req, engine.Context())
+loader.join()
+print(json.dumps({"synced": synced}))
+"""
+
+
+def test_a_load_during_a_del_does_not_bring_the_pod_back() -> None:
+    """A standalone DEL and the re-sync of a starting ferryd (or `ferryctl load`) at once:
+    the re-sync must not re-install the entries the DEL removed, or they stay after the DEL
+    (pointing at a deleted veth, for IPs the next pods get)."""
+    with ebpf_node() as en:
+        pod = en.add_pod("resync-del")
+        assert len(en.inspect()["pods"]) == 2
+        run = subprocess.run(["nsenter", f"--net={en.node.ns.path}", sys.executable, "-c",
+                              RESYNC_DURING_DEL, json.dumps(en.conf), pod.container_id,
+                              pod.ns.path], capture_output=True, text=True, check=False)
+        assert run.returncode == 0, run.stderr
+        assert not list((en.node.tmp / "state").rglob("*.json"))
+        assert en.node.pod_links() == []
+        assert en.inspect()["pods"] == []
+        assert json.loads(run.stdout) == {"synced": [0]}  # it waited, then found no record
 
 
 def test_inspect_table_and_unload() -> None:
