@@ -406,15 +406,16 @@ def tmpfs(path: Path, size: str) -> Iterator[Path]:
         sh("umount", "-l", str(path), check=False)
 
 
-def fill_disk(path: Path) -> list[Path]:
-    """Fill the file system of `path` to the last byte; the files that did it."""
-    files = [path / "filler"]
+def fill_disk(path: Path, prefix: str = "") -> list[Path]:
+    """Fill the file system of `path` to the last byte; the files that did it (named with
+    `prefix`: another prefix tops up a disk that deletions freed again)."""
+    files = [path / f"{prefix}filler"]
     with contextlib.suppress(OSError), open(files[0], "wb") as f:
         while True:
             f.write(b"\0" * 65536)
             f.flush()
     for i in range(256):  # the partly used pages take small files still
-        files.append(path / f"crumb{i}")
+        files.append(path / f"{prefix}crumb{i}")
         with contextlib.suppress(OSError), open(files[-1], "wb") as f:
             f.write(b"\0" * 256)
     return files

@@ -87,7 +87,9 @@ def reconcile(conf: NetConf, dataplane: Dataplane, ctx: engine.Context,
         host_routes = {(r.oif, r.dst) for r in host.routes()}
         for att in states.all():
             key = f"{att.container_id}/{att.ifname}"
-            link = links.get(att.host_veth)
+            # Looked up now, not in the snapshot above: a standalone ADD (ferryd is not
+            # serving yet) may have made its link and completed its record since.
+            link = host.link(att.host_veth)
             ours = link is not None and wiring.owned(link, engine.owner(states, att), True)
             try:
                 if not att.complete:

@@ -132,8 +132,11 @@ def test_churn_with_sigkills_and_a_full_disk_leaves_nothing(node: Node) -> None:
                     done += 1
 
         def chaos() -> None:
-            """SIGKILL ferryd at the chosen op counts; fill the disk once for 25 ops."""
+            """SIGKILL ferryd at the chosen op counts; fill the disk once, for 25 ops and until an
+            ADD failed on it (DELs free pages, so it is topped up; at most until 50 ops from the
+            end)."""
             filled = None
+            topped = 0
             fillers: list[Path] = []
             pending = list(kill_at)
             while True:
@@ -143,8 +146,14 @@ def test_churn_with_sigkills_and_a_full_disk_leaves_nothing(node: Node) -> None:
                     filled = now
                     fillers = fill_disk(disk)
                 elif filled is not None and filled >= 0 and now >= filled + 25:
-                    unfill(fillers)
-                    filled = -1
+                    with lock:
+                        failed_add = codes.get("ADD:5", 0)
+                    if failed_add or now >= OPS - 50:
+                        unfill(fillers)
+                        filled = -1
+                    elif now >= topped + 10:  # DELs freed pages again: full once more
+                        topped = now
+                        fillers += fill_disk(disk, prefix=f"top{now}-")
                 if pending and now >= pending[0]:
                     pending.pop(0)
                     agent.stop(signal.SIGKILL)
