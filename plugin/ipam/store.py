@@ -84,10 +84,13 @@ class Store:
         A process killed between an O_EXCL create and its write would leave an empty file,
         an ownerless reservation that no DEL or GC can match, holding the IP for good. One
         scratch name is enough: every reserve runs under the store's lock, and a scratch file
-        a killed writer left is overwritten by the next one."""
+        a killed writer left is removed by the next one."""
         path, scratch = self.dir / str(ip), self.dir / SCRATCH
+        # A scratch file a killed writer left may already be linked to its IP: unlinked, not
+        # truncated, or that reservation would be overwritten with this one's owner.
+        scratch.unlink(missing_ok=True)
         try:
-            fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             with os.fdopen(fd, "w") as f:
                 f.write(f"{container_id.strip()}{LINE_BREAK}{ifname}")
             try:

@@ -91,11 +91,11 @@ def test_sigkill_during_add_burst_then_reconcile(node: Node) -> None:
         results[pod.name] = node.cni("ADD", pod, agent.conf)
 
     threads = [threading.Thread(target=add, args=(p,)) for p in pods]
+    # All at once, and the kill once an ADD has succeeded (not after a fixed time: a loaded
+    # machine is slower): ferryd serves a few at a time, so most are still in flight then.
+    # (Started 10 ms apart, a fast machine had finished them all before the kill.)
     for t in threads:
         t.start()
-        time.sleep(0.01)
-    # Kill once an ADD has succeeded (not after a fixed time: a loaded machine is slower);
-    # the ADDs started last are still in flight then.
     deadline = time.monotonic() + 60
     while not any(r.rc == 0 for r in list(results.values())) and time.monotonic() < deadline:
         time.sleep(0.005)

@@ -211,3 +211,27 @@ def test_a_writer_killed_mid_reserve_leaves_no_ownerless_reservation(
     assert (store.dir / "10.1.0.9").read_bytes() == b"ctr2\r\neth0"
     assert sorted(p.name for p in store.dir.iterdir()) == \
         ["10.1.0.9", "last_reserved_ip.0", "lock"]
+
+
+def test_a_scratch_file_left_linked_to_a_reservation_does_not_rewrite_it(
+        store: Store, tmp_path: Path) -> None:
+    """A writer killed after linking its scratch file to the IP's name, before removing the
+    scratch name: both names are one file. The next reserve must not write through it."""
+    script = (
+        "import os, sys, ipaddress\n"
+        f"sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})\n"
+        "from plugin.ipam.store import Store\n"
+        f"s = Store({str(tmp_path)!r}, 'net1')\n"
+        "real_link = os.link\n"
+        "def link_then_die(a, b):\n"
+        "    real_link(a, b)\n"
+        "    os._exit(9)\n"
+        "os.link = link_then_die\n"
+        "with s.locked():\n"
+        "    s.reserve(ipaddress.ip_address('10.1.0.7'), 'dead', 'eth0', 0)\n")
+    assert subprocess.run([sys.executable, "-c", script], check=False).returncode == 9
+    assert (store.dir / "10.1.0.7").read_bytes() == b"dead\r\neth0"
+    with store.locked():
+        assert store.reserve(A("10.1.0.8"), "ctr2", "eth0", 0)
+    assert (store.dir / "10.1.0.7").read_bytes() == b"dead\r\neth0"
+    assert (store.dir / "10.1.0.8").read_bytes() == b"ctr2\r\neth0"
