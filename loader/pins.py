@@ -47,10 +47,6 @@ SOURCES = ("common.h", "snat.c", "redirect.c")  # one unit: the programs share t
 BPFFS_MAGIC = 0xCAFE4A11
 
 
-class NotLoaded(Exception):
-    """The network's pins are missing or incomplete: `ferryctl load` has not run."""
-
-
 class LoaderUnavailable(Exception):
     """The requested loader cannot run here (no objects for `elf`, no bcc for `bcc`)."""
 
@@ -179,12 +175,6 @@ def pinned_meta(pins: str) -> Meta | None:
     if not all(os.path.exists(prog_path(pins, p)) for p in PROGRAMS if p not in skipped):
         return None
     return rec
-
-
-def pinned_hash(pins: str) -> str | None:
-    """The hash recorded by the build pinned at `pins`, None if there is no complete build."""
-    rec = pinned_meta(pins)
-    return bytes(rec.hash).hex() if rec is not None else None
 
 
 def prog_ids(pins: str) -> dict[str, int]:
