@@ -1,5 +1,6 @@
 /* Shared by snat.c and redirect.c: headers and IPv4/IPv6 parsing by offsets.
- * Parsing uses bpf_skb_load_bytes so that non-linear skbs (GSO, veth) work without a pull.
+ * Parsing reads the linear part directly and falls back to bpf_skb_load_bytes (pkt_load), so
+ * that non-linear skbs (GSO, veth) work without a pull.
  * The L4 part (ports, ICMP/ICMPv6 echo id) is parsed and described the same way for both
  * families (struct l4), so the NAT's port and checksum code is written once. */
 #ifndef FERRY_COMMON_H
@@ -51,6 +52,11 @@
 char _license[] SEC("license") = "GPL";
 #endif
 
+/* Branch hints: clang lays the established-flow path out straight and moves the rare cases
+ * (allocation, fragments, ICMP errors) out of its way, so that it spans fewer i-cache lines. */
+#define likely(x) __builtin_expect(!!(x), 1)
+#define unlikely(x) __builtin_expect(!!(x), 0)
+
 #ifndef AF_INET
 #define AF_INET 2
 #endif
@@ -94,6 +100,8 @@ struct pkt4 {
     __u8 ttl;
     __u8 frag;       /* FRAG_* */
     __u16 id;        /* the IP id, which names a fragmented datagram */
+    __u16 check;     /* the IP header checksum as parsed */
+    __u8 pad[2];
     struct l4 l4;
 };
 
@@ -116,21 +124,37 @@ struct ferry_frag6_hdr {
 
 /* Ports or echo id of l4->proto at l4->off; `icmp` is the family's ICMP protocol with its echo
  * request/reply types. A read failure leaves kind L4_OTHER: the packet is not translated. */
+/* Read a header into *dst (its type gives the size): straight from the linear part of the skb
+ * when it is there, as headers almost always are (plain loads, no helper call), else copied by
+ * bpf_skb_load_bytes. Reads only: a direct packet write would make the verifier add a prologue
+ * that unclones every cloned skb at entry, the node's own TCP included, written to or not. */
+#define pkt_load(skb, off, dst) ({                                                         \
+    void *data_ = (void *)(long)(skb)->data, *end_ = (void *)(long)(skb)->data_end;      \
+    __u32 off_ = (off);                                                                    \
+    typeof(dst) at_ = data_ + (off_ & 0xffff);                                             \
+    off_ < 0x10000 && (void *)(at_ + 1) <= end_                                            \
+        ? (*(dst) = *at_, 0) : bpf_skb_load_bytes(skb, off_, dst, sizeof(*(dst))); })
+
+struct l4_ports {
+    __u16 sport;
+    __u16 dport;
+};
+
 static __always_inline void parse_l4(struct __sk_buff *skb, struct l4 *l4, __u8 icmp,
                                      __u8 echo_req, __u8 echo_reply)
 {
     l4->sport = l4->dport = 0;
     l4->kind = L4_OTHER;
     if (l4->proto == IPPROTO_TCP || l4->proto == IPPROTO_UDP) {
-        __u16 ports[2];
-        if (bpf_skb_load_bytes(skb, l4->off, ports, sizeof(ports)) < 0)
+        struct l4_ports ports;
+        if (pkt_load(skb, l4->off, &ports) < 0)
             return;
-        l4->sport = ports[0];
-        l4->dport = ports[1];
+        l4->sport = ports.sport;
+        l4->dport = ports.dport;
         l4->kind = L4_PORTS;
     } else if (l4->proto == icmp) {
         struct icmphdr ic; /* ICMPv6 echo has the same layout: type, code, csum, id, seq */
-        if (bpf_skb_load_bytes(skb, l4->off, &ic, sizeof(ic)) < 0)
+        if (pkt_load(skb, l4->off, &ic) < 0)
             return;
         if (ic.type == echo_req) {
             l4->sport = ic.un.echo.id;
@@ -148,13 +172,14 @@ static __always_inline int parse4(struct __sk_buff *skb, struct pkt4 *p)
     struct iphdr iph;
     if (skb->protocol != bpf_htons(ETH_P_IP))
         return -1;
-    if (bpf_skb_load_bytes(skb, IP_OFF, &iph, sizeof(iph)) < 0)
+    if (pkt_load(skb, IP_OFF, &iph) < 0)
         return -1;
     if (iph.ihl < 5)
         return -1;
     p->saddr = iph.saddr;
     p->daddr = iph.daddr;
     p->ttl = iph.ttl;
+    p->check = iph.check;
     p->l4.proto = iph.protocol;
     p->l4.off = ETH_HLEN + iph.ihl * 4;
     p->l4.sport = p->l4.dport = 0;
@@ -183,7 +208,7 @@ static __always_inline int parse6(struct __sk_buff *skb, struct pkt6 *p)
 
     if (skb->protocol != bpf_htons(ETH_P_IPV6))
         return -1;
-    if (bpf_skb_load_bytes(skb, IP_OFF, &ip6, sizeof(ip6)) < 0)
+    if (pkt_load(skb, IP_OFF, &ip6) < 0)
         return -1;
     __builtin_memcpy(p->saddr, &ip6.saddr, 16);
     __builtin_memcpy(p->daddr, &ip6.daddr, 16);
@@ -192,14 +217,14 @@ static __always_inline int parse6(struct __sk_buff *skb, struct pkt6 *p)
     for (i = 0; i < IP6_EXT_MAX; i++) {
         if (next != IPPROTO_HOPOPTS && next != IPPROTO_DSTOPTS)
             break;
-        if (bpf_skb_load_bytes(skb, off, &opt, sizeof(opt)) < 0)
+        if (pkt_load(skb, off, &opt) < 0)
             return -1;
         next = opt.nexthdr;
         off += (opt.hdrlen + 1) * 8;
     }
     if (next == IPPROTO_FRAGMENT) {
         struct ferry_frag6_hdr fh;
-        if (bpf_skb_load_bytes(skb, off, &fh, sizeof(fh)) < 0)
+        if (pkt_load(skb, off, &fh) < 0)
             return -1;
         next = fh.nexthdr;
         off += sizeof(fh);

@@ -47,7 +47,7 @@ static __always_inline __u8 tcp_flags(struct __sk_buff *skb, struct l4 *l4)
 {
     __u8 flags = 0;
     if (l4->proto == IPPROTO_TCP && l4->kind == L4_PORTS)
-        bpf_skb_load_bytes(skb, l4->off + 13, &flags, 1);
+        pkt_load(skb, l4->off + 13, &flags);
     return flags;
 }
 
@@ -127,17 +127,25 @@ static __always_inline __u64 l4_csum_flags(struct l4 *l4)
     return l4->proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
 }
 
-/* Rewrite the source port (or echo id of a request) or the destination port (or echo id of a
- * reply), with its L4 checksum; the address part is the family's. */
+/* The L4 checksum's part of a port (or echo id) change: src, the source port (or the echo id
+ * of a request); else the destination port (or the echo id of a reply). */
+static __always_inline int port_csum(struct __sk_buff *skb, struct l4 *l4, int src,
+                                     __u16 new_port)
+{
+    __u16 old_port = src ? l4->sport : l4->dport;
+
+    return bpf_l4_csum_replace(skb, l4_csum_off(l4), old_port, new_port,
+                               l4_csum_flags(l4) | 2) < 0 ? -1 : 0;
+}
+
+/* Rewrite that port (or echo id), with its L4 checksum; the address part is the family's. */
 static __always_inline int rewrite_port(struct __sk_buff *skb, struct l4 *l4, int src,
                                         __u16 new_port)
 {
-    __u16 old_port = src ? l4->sport : l4->dport;
     __u32 off = l4->kind == L4_PORTS ? l4->off + (src ? 0 : 2)
                                      : l4->off + offsetof(struct icmphdr, un.echo.id);
 
-    if (bpf_l4_csum_replace(skb, l4_csum_off(l4), old_port, new_port,
-                            l4_csum_flags(l4) | 2) < 0)
+    if (port_csum(skb, l4, src, new_port) < 0)
         return -1;
     return bpf_skb_store_bytes(skb, off, &new_port, 2, 0) < 0 ? -1 : 0;
 }
@@ -192,13 +200,45 @@ static __always_inline int port_in_range(struct nat_config *cfg, __u16 dport)
 
 /* ---- IPv4 ---------------------------------------------------------------------------- */
 
+/* RFC 1624's incremental update of a checksum for a 32-bit field going from `from` to `to`. */
+static __always_inline __u16 csum_replace4(__u16 check, __u32 from, __u32 to)
+{
+    __u32 sum = (__u16)~check;
+
+    sum += (~from & 0xffff) + (~from >> 16) + (to & 0xffff) + (to >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    return ~sum;
+}
+
+/* An IPv4 header's checksum and addresses and, with no IP options, the ports right after them:
+ * contiguous bytes, so one write stores them all. */
+struct ip4_rewrite {
+    __u16 check;
+    __u32 saddr;
+    __u32 daddr;
+    __u16 sport;
+    __u16 dport;
+} __attribute__((packed));
+
+#define IP4_ADDRS_LEN offsetof(struct ip4_rewrite, sport)
+
 /* Rewrite one address (src or dst) and its port/echo id, fixing the IP and L4 checksums. A
  * later fragment has no L4 header: its address only (the first fragment fixed the datagram's
- * L4 checksum for all of them). */
+ * L4 checksum for all of them). The IP checksum is never offloaded, and an address change it
+ * compensates leaves a CHECKSUM_COMPLETE skb->csum as it was: it is computed here (what
+ * bpf_l3_csum_replace does) and written with the address, one helper call fewer. */
 static __always_inline int rewrite4(struct __sk_buff *skb, struct pkt4 *p, int src,
                                     __u32 new_addr, __u16 new_port)
 {
     __u32 old_addr = src ? p->saddr : p->daddr;
+    struct ip4_rewrite h = {
+        .check = csum_replace4(p->check, old_addr, new_addr),
+        .saddr = src ? new_addr : p->saddr,
+        .daddr = src ? p->daddr : new_addr,
+        .sport = src ? new_port : p->l4.sport,
+        .dport = src ? p->l4.dport : new_port,
+    };
 
     if (p->frag != FRAG_LATER) {
         /* ICMP's checksum has no pseudo-header; TCP's and UDP's cover the addresses. */
@@ -206,14 +246,15 @@ static __always_inline int rewrite4(struct __sk_buff *skb, struct pkt4 *p, int s
             bpf_l4_csum_replace(skb, l4_csum_off(&p->l4), old_addr, new_addr,
                                 l4_csum_flags(&p->l4) | BPF_F_PSEUDO_HDR | 4) < 0)
             return -1;
+        if (p->l4.kind == L4_PORTS && p->l4.off == IP_OFF + sizeof(struct iphdr)) {
+            if (port_csum(skb, &p->l4, src, new_port) < 0)
+                return -1;
+            return bpf_skb_store_bytes(skb, IP_CSUM_OFF, &h, sizeof(h), 0) < 0 ? -1 : 0;
+        }
         if (rewrite_port(skb, &p->l4, src, new_port) < 0)
             return -1;
     }
-    if (bpf_l3_csum_replace(skb, IP_CSUM_OFF, old_addr, new_addr, 4) < 0)
-        return -1;
-    if (bpf_skb_store_bytes(skb, src ? IP_SRC_OFF : IP_DST_OFF, &new_addr, 4, 0) < 0)
-        return -1;
-    return 0;
+    return bpf_skb_store_bytes(skb, IP_CSUM_OFF, &h, IP4_ADDRS_LEN, 0) < 0 ? -1 : 0;
 }
 
 /* Fragments, both families: the first fragment's L4 identity (struct l4's ports and kind), and
@@ -520,15 +561,15 @@ static __always_inline int snat4_eg(struct __sk_buff *skb)
     __u64 now;
     __u8 flags;
 
-    if (parse4(skb, &p) < 0 ||
-        (!snat_kind(&p.l4) && p.frag != FRAG_LATER && p.l4.proto != IPPROTO_ICMP))
+    if (unlikely(parse4(skb, &p) < 0 ||
+                 (!snat_kind(&p.l4) && p.frag != FRAG_LATER && p.l4.proto != IPPROTO_ICMP)))
         return TC_ACT_OK;
     cfg = nat_cfg();
-    if (!snat_cfg_ok(cfg) || !cfg->node_ip)
+    if (unlikely(!snat_cfg_ok(cfg) || !cfg->node_ip))
         return TC_ACT_OK;
-    if (!snat_kind(&p.l4) && p.frag != FRAG_LATER) /* ICMP but an echo request */
+    if (unlikely(!snat_kind(&p.l4) && p.frag != FRAG_LATER)) /* ICMP but an echo request */
         return icmp4_is_error(skb, &p) ? icmp_err4_eg(skb, &p, cfg) : TC_ACT_OK;
-    if (p.frag != FRAG_NONE) {
+    if (unlikely(p.frag != FRAG_NONE)) {
         if (!snat4_wanted(&p))
             return TC_ACT_OK;
         if (frag4(&p) < 0) {
@@ -546,10 +587,10 @@ static __always_inline int snat4_eg(struct __sk_buff *skb)
     fk.proto = p.l4.proto;
     now = nat_clock();
     e = map_lookup(ferry_nat_fwd, &fk);
-    if (e) {
+    if (likely(e != NULL)) {
         touch(&e->last_used, now);
         flags = tcp_flags(skb, &p.l4);
-        if (flags & (TH_FIN | TH_RST | TH_SYN))
+        if (unlikely(flags & (TH_FIN | TH_RST | TH_SYN)))
             tcp_out4(&fk, e, flags, now);
     } else {
         if (p.frag == FRAG_NONE && !snat4_wanted(&p))
@@ -561,7 +602,7 @@ static __always_inline int snat4_eg(struct __sk_buff *skb)
         map_update(ferry_nat_fwd, &fk, &fresh, BPF_ANY);
         e = &fresh;
     }
-    if (rewrite4(skb, &p, 1, e->addr, e->port) < 0) {
+    if (unlikely(rewrite4(skb, &p, 1, e->addr, e->port) < 0)) {
         count(STAT_DROP_REWRITE);
         return TC_ACT_SHOT;
     }
@@ -602,9 +643,9 @@ static __always_inline int snat4_in(struct __sk_buff *skb)
     now = nat_clock();
     touch(&e->last_used, now);
     flags = tcp_flags(skb, &p.l4);
-    if (flags & (TH_FIN | TH_RST))
+    if (unlikely(flags & (TH_FIN | TH_RST)))
         tcp_track(&e->tcp_in, &e->tcp_out, &e->last_used, flags, now);
-    if (rewrite4(skb, &p, 0, e->addr, e->port) < 0) {
+    if (unlikely(rewrite4(skb, &p, 0, e->addr, e->port) < 0)) {
         count(STAT_DROP_REWRITE);
         return TC_ACT_SHOT;
     }
@@ -626,17 +667,37 @@ static __always_inline int csum_pseudo6(struct __sk_buff *skb, __u32 csum_off, _
     return ret < 0 ? -1 : 0;
 }
 
+/* An IPv6 header's addresses and, with no extension header, the ports right after them. */
+struct ip6_rewrite {
+    __u32 saddr[4];
+    __u32 daddr[4];
+    __u16 sport;
+    __u16 dport;
+} __attribute__((packed));
+
 static __always_inline int rewrite6(struct __sk_buff *skb, struct pkt6 *p, int src,
                                     __u32 *new_addr, __u16 new_port)
 {
     __u32 *old_addr = src ? p->saddr : p->daddr;
-    __s64 diff = bpf_csum_diff(old_addr, 16, new_addr, 16, 0);
+    struct ip6_rewrite h = {
+        .sport = src ? new_port : p->l4.sport,
+        .dport = src ? p->l4.dport : new_port,
+    };
 
     /* A later fragment has no L4 header (its checksum is in the first): the address only. */
     if (p->frag != FRAG_LATER) {
+        __s64 diff = bpf_csum_diff(old_addr, 16, new_addr, 16, 0);
         if (diff < 0 ||
             csum_pseudo6(skb, l4_csum_off(&p->l4), diff, l4_csum_flags(&p->l4)) < 0)
             return -1;
+        if (p->l4.kind == L4_PORTS && p->l4.off == IP_OFF + sizeof(struct ipv6hdr)) {
+            /* addresses and ports are contiguous: one write */
+            if (port_csum(skb, &p->l4, src, new_port) < 0)
+                return -1;
+            __builtin_memcpy(h.saddr, src ? new_addr : p->saddr, 16);
+            __builtin_memcpy(h.daddr, src ? p->daddr : new_addr, 16);
+            return bpf_skb_store_bytes(skb, IP6_SRC_OFF, &h, sizeof(h), 0) < 0 ? -1 : 0;
+        }
         if (rewrite_port(skb, &p->l4, src, new_port) < 0)
             return -1;
     }
@@ -774,7 +835,7 @@ static __always_inline int snat6_eg(struct __sk_buff *skb)
     cfg = nat_cfg();
     if (!snat_cfg_ok(cfg) || ip6_zero(cfg->node_ip6))
         return TC_ACT_OK;
-    if (p.frag != FRAG_NONE) {
+    if (unlikely(p.frag != FRAG_NONE)) {
         if (!snat6_wanted(&p))
             return TC_ACT_OK;
         if (frag6(&p) < 0) {
@@ -790,10 +851,10 @@ static __always_inline int snat6_eg(struct __sk_buff *skb)
     fk.proto = p.l4.proto;
     now = nat_clock();
     e = map_lookup(ferry_nat_fwd6, &fk);
-    if (e) {
+    if (likely(e != NULL)) {
         touch(&e->last_used, now);
         flags = tcp_flags(skb, &p.l4);
-        if (flags & (TH_FIN | TH_RST | TH_SYN))
+        if (unlikely(flags & (TH_FIN | TH_RST | TH_SYN)))
             tcp_out6(&fk, e, flags, now);
     } else {
         if (p.frag == FRAG_NONE && !snat6_wanted(&p))
@@ -805,7 +866,7 @@ static __always_inline int snat6_eg(struct __sk_buff *skb)
         map_update(ferry_nat_fwd6, &fk, &fresh, BPF_ANY);
         e = &fresh;
     }
-    if (rewrite6(skb, &p, 1, e->addr, e->port) < 0) {
+    if (unlikely(rewrite6(skb, &p, 1, e->addr, e->port) < 0)) {
         count(STAT_DROP_REWRITE);
         return TC_ACT_SHOT;
     }
@@ -920,9 +981,9 @@ static __always_inline int snat6_in(struct __sk_buff *skb)
     now = nat_clock();
     touch(&e->last_used, now);
     flags = tcp_flags(skb, &p.l4);
-    if (flags & (TH_FIN | TH_RST))
+    if (unlikely(flags & (TH_FIN | TH_RST)))
         tcp_track(&e->tcp_in, &e->tcp_out, &e->last_used, flags, now);
-    if (rewrite6(skb, &p, 0, e->addr, e->port) < 0) {
+    if (unlikely(rewrite6(skb, &p, 0, e->addr, e->port) < 0)) {
         count(STAT_DROP_REWRITE);
         return TC_ACT_SHOT;
     }
