@@ -37,7 +37,10 @@ The per-packet cost, which throughput cannot show below that noise, is measured 
 iperf3 client and server (getrusage of the children; this kernel has no IRQ time accounting,
 so the softirq work done in their context, the whole veth path, is charged to them), and the
 SNAT programs' own run time per sent packet (BPF_ENABLE_STATS, on only in those rounds): their
-ratio is the SNAT's share of the path's CPU per packet.
+ratio is the SNAT's share of the path's CPU per packet. The sender's time per packet (1/pps:
+its CPU is saturated, and the whole veth path runs in its context) is the critical path; what
+eBPF adds to it beyond the programs' run time is the tc hook's (tc_run, cls_bpf) and the
+receiver's extra wake-ups when the sender slows down (`perf record -a` in a cost round).
 Everything is removed at exit, also on error.
 """
 
@@ -246,7 +249,11 @@ def cost_round(mode: str, dp: DataplaneNode, pod: Netns, seconds: float,
         end = iperf_run(dp.node, pod, seconds, True, ip, cpus)
         cpu = cpu_seconds() - cpu0
         sent = max(end["sum"]["packets"], 1)
-        out = {"udp_cpu_ns_per_pkt": cpu * 1e9 / sent}
+        # The client's CPU is saturated (-b 0, pinned) and the whole veth path runs in its
+        # context: 1/pps is the critical path's time per packet. The server's CPU, which the
+        # rusage figure adds, is a receiver's, on another machine in a real network.
+        out = {"udp_cpu_ns_per_pkt": cpu * 1e9 / sent,
+               "sender_ns_per_pkt": end["sum"]["seconds"] * 1e9 / sent}
         if before:
             after = prog_stats(dp)
             ns = sum(after[p][0] - before[p][0] for p in after)
@@ -366,12 +373,19 @@ def report(args: argparse.Namespace, counts: list[int],
         routed = [c["udp_cpu_ns_per_pkt"] for c in costs["routed"]]
         bpf = [c["bpf_ns_per_pkt"] for c in costs["ebpf"]]
         share = [b / r for b, r in zip(bpf, routed, strict=True)]
+        sender = {m: [c["sender_ns_per_pkt"] for c in costs[m]] for m in ("routed", "ebpf")}
+        gap = [e - r for e, r in zip(sender["ebpf"], sender["routed"], strict=True)]
         print(f"per-packet cost, 64-byte UDP, {first} pod(s), {args.cost_rounds} rounds: "
               f"routed path CPU {median(routed):.0f} ns/pkt [{min(routed):.0f}-"
               f"{max(routed):.0f}];\n  eBPF SNAT programs {median(bpf):.1f} ns/pkt "
               f"[{min(bpf):.1f}-{max(bpf):.1f}] = {median(share) * 100:.1f}% of the routed "
               f"path's CPU [{min(share) * 100:.1f}-{max(share) * 100:.1f}%]; eBPF path CPU "
-              f"{median([c['udp_cpu_ns_per_pkt'] for c in costs['ebpf']]):.0f} ns/pkt")
+              f"{median([c['udp_cpu_ns_per_pkt'] for c in costs['ebpf']]):.0f} ns/pkt;\n"
+              f"  sender's time per packet (1/pps, the critical path): routed "
+              f"{median(sender['routed']):.0f}, eBPF {median(sender['ebpf']):.0f} ns; eBPF "
+              f"adds {median(gap):.0f} ns [{min(gap):.0f}-{max(gap):.0f}], of which the "
+              f"programs' run time (with BPF_ENABLE_STATS' two clock reads) is "
+              f"{median(bpf):.0f}")
 
 def _num(v: Any) -> Any:
     return round(v, 4) if isinstance(v, float) else v
