@@ -131,9 +131,14 @@ struct ferry_frag6_hdr {
 #define pkt_load(skb, off, dst) ({                                                         \
     void *data_ = (void *)(long)(skb)->data, *end_ = (void *)(long)(skb)->data_end;      \
     __u32 off_ = (off);                                                                    \
-    typeof(dst) at_ = data_ + (off_ & 0xffff);                                             \
-    off_ < 0x10000 && (void *)(at_ + 1) <= end_                                            \
+    typeof(dst) at_ = data_ + (off_ & PKT_DIRECT_MAX);                                     \
+    off_ <= PKT_DIRECT_MAX && (void *)(at_ + 1) <= end_                                    \
         ? (*(dst) = *at_, 0) : bpf_skb_load_bytes(skb, off_, dst, sizeof(*(dst))); })
+
+/* The verifier keeps a bounds check on a packet pointer only if its largest offset plus the
+ * access stays within 64 KiB; headers further in than 16 KiB (none in practice) take the
+ * helper. */
+#define PKT_DIRECT_MAX 0x3fff
 
 struct l4_ports {
     __u16 sport;
