@@ -268,46 +268,75 @@ def test_4000_byte_udp_each_way_over_ipv6_in_fragments(dp: DataplaneNode) -> Non
 
 
 # ext's side of an inbound flow that the pod has closed: learn the node's address and port
-# from the pod's datagram, then (on "go") send back to it on a connected socket and say
-# whether the pod's port unreachable came back as ECONNREFUSED (it matches the socket only
-# if its quote shows what ext sent: to the node IP and NAT port, from ext's port).
+# from the pod's datagram, then (on "go") send `size` bytes back to it on a connected socket
+# and print the error the socket got: "refused" for the pod's port unreachable, "EMSGSIZE
+# <path MTU>" for the node's frag needed / packet too big (a datagram over the pod's MTU of
+# 1400). Either matches the socket only if its quote shows what ext sent: to the node IP and
+# NAT port, from ext's port.
 CLOSED_PEER = r"""
-import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((sys.argv[1], int(sys.argv[2])))
+import errno, socket, sys
+ip, port, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+v6 = ":" in ip
+s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((ip, port))
 print("ready", flush=True)
 _, peer = s.recvfrom(100)
 print(peer[0], flush=True)
 sys.stdin.readline()
-s.connect(peer); s.settimeout(3)
+s.connect(peer[:2]); s.settimeout(3)
 for _ in range(3):
-    s.send(b"late")
+    s.send(b"x" * size)
     try:
         s.recv(100)
     except ConnectionRefusedError:
         print("refused", flush=True); break
     except socket.timeout:
         pass
+    except OSError as e:
+        # IPV6_MTU / IP_MTU: the path MTU the kernel learnt for the node IP
+        mtu = s.getsockopt(*((socket.IPPROTO_IPV6, 24) if v6 else (socket.IPPROTO_IP, 14)))
+        print(errno.errorcode[e.errno], mtu, flush=True); break
 else:
     print("no error", flush=True)
 """
 
 
-def test_a_pods_port_unreachable_about_an_inbound_flow_reaches_ext_translated(
-        dp: DataplaneNode) -> None:
-    pod = dp.add_pod("unreach-in")
+def inbound_flow_error(dp: DataplaneNode, family: int, name: str, port: int,
+                       size: int) -> str:
+    """What CLOSED_PEER in ext saw after sending `size` bytes back to a pod that sent it one
+    datagram (SNATed) and closed its socket."""
+    pod = dp.add_pod(name)
     node = dp.node
-    peer = node.ext.popen("python3", "-c", CLOSED_PEER, node.ext_ip4, "7403",
+    ext_ip = node.ext_ip4 if family == 4 else node.ext_ip6
+    peer = node.ext.popen("python3", "-c", CLOSED_PEER, ext_ip, str(port), str(size),
                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert peer.stdout is not None and peer.stdin is not None
         assert peer.stdout.readline().strip() == "ready"
-        pod.ns.run("python3", "-c", "import socket,sys; c=socket.socket(socket.AF_INET, "
-                   "socket.SOCK_DGRAM); c.sendto(b'x', (sys.argv[1], 7403)); c.close()",
-                   node.ext_ip4)
-        assert peer.stdout.readline().strip() == node.node_ip4  # SNATed
+        pod.ns.run("python3", "-c", "import socket,sys; c=socket.socket(socket.AF_INET6 if "
+                   "':' in sys.argv[1] else socket.AF_INET, socket.SOCK_DGRAM); "
+                   "c.sendto(b'x', (sys.argv[1], int(sys.argv[2]))); c.close()",
+                   ext_ip, str(port))
+        node_ip = node.node_ip4 if family == 4 else node.node_ip6
+        assert peer.stdout.readline().strip() == node_ip  # SNATed
         peer.stdin.write("go\n")
         peer.stdin.flush()
-        assert peer.stdout.readline().strip() == "refused"
+        return peer.stdout.readline().strip()
     finally:
         peer.kill()
         peer.wait()
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_a_pods_port_unreachable_about_an_inbound_flow_reaches_ext_translated(
+        dp: DataplaneNode, family: int) -> None:
+    assert inbound_flow_error(dp, family, "unreach-in", 7403, 4) == "refused"
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_the_nodes_packet_too_big_about_an_inbound_flow_reaches_ext_translated(
+        dp: DataplaneNode, family: int) -> None:
+    # 1,450 bytes fit ext's link (1500) but not the pod's (1400): the node, forwarding the
+    # translated datagram, answers frag needed (IPv4, DF: UDP's default path MTU discovery)
+    # or packet too big (IPv6) about it, quoting the pod's address and port.
+    assert inbound_flow_error(dp, family, "toobig-in", 7404, 1450) == "EMSGSIZE 1400"
