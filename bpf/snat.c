@@ -758,6 +758,9 @@ static __always_inline int snat6_wanted(struct pkt6 *p)
     return !map_lookup(ferry_snat_ex6, &lk);
 }
 
+static __always_inline int icmp6_is_error(struct __sk_buff *skb, struct pkt6 *p);
+static __always_inline int icmp_err6_eg(struct __sk_buff *skb, struct pkt6 *p);
+
 static __always_inline int snat6_eg(struct __sk_buff *skb)
 {
     struct pkt6 p = {};
@@ -768,9 +771,13 @@ static __always_inline int snat6_eg(struct __sk_buff *skb)
     __u64 now;
     __u8 flags;
 
-    /* Only TCP, UDP and echo requests: NDP, MLD and ICMPv6 errors pass untouched. */
-    if (parse6(skb, &p) < 0 || (!snat_kind(&p.l4) && p.frag != FRAG_LATER))
+    /* Only TCP, UDP and echo requests, and ICMPv6 errors about an inbound NATed flow: NDP,
+     * MLD and the rest pass untouched. */
+    if (parse6(skb, &p) < 0)
         return TC_ACT_OK;
+    if (!snat_kind(&p.l4) && p.frag != FRAG_LATER)
+        return p.frag == FRAG_NONE && icmp6_is_error(skb, &p) ? icmp_err6_eg(skb, &p) :
+                                                                TC_ACT_OK;
     cfg = nat_cfg();
     if (!snat_cfg_ok(cfg) || ip6_zero(cfg->node_ip6))
         return TC_ACT_OK;
@@ -881,6 +888,65 @@ static __always_inline int icmp6_is_error(struct __sk_buff *skb, struct pkt6 *p)
     if (p->l4.proto != IPPROTO_ICMPV6 || bpf_skb_load_bytes(skb, p->l4.off, &type, 1) < 0)
         return 0;
     return type >= ICMPV6_DEST_UNREACH && type <= ICMPV6_PARAMPROB;
+}
+
+/* icmp_err4_eg for ICMPv6: an error that a pod, or the node forwarding to it, sends about a
+ * datagram the SNAT translated inbound. The quoted destination address goes back to the node
+ * IP (a change the quoted L4 checksum sees through its pseudo-header and the ICMPv6 one as
+ * payload) and the quoted destination port to the NAT port; a pod's outer source to the node
+ * IP (the ICMPv6 checksum's pseudo-header). Anything else as it is. */
+static __always_inline int icmp_err6_eg(struct __sk_buff *skb, struct pkt6 *p)
+{
+    struct ipv6hdr in;
+    struct l4 il = {};
+    struct nat_tuple6 fk = {};
+    struct nat_entry6 *e;
+    struct nat_config *cfg = nat_cfg();
+    __u32 quote = p->l4.off + sizeof(struct icmp6hdr);
+    __u32 icmp_csum = p->l4.off + offsetof(struct icmp6hdr, icmp6_cksum);
+    __u32 inner_csum;
+    __s64 diff;
+
+    if (!snat_cfg_ok(cfg) || ip6_zero(cfg->node_ip6) ||
+        bpf_skb_load_bytes(skb, quote, &in, sizeof(in)) < 0)
+        return TC_ACT_OK;
+    il.proto = in.nexthdr;
+    il.off = quote + sizeof(struct ipv6hdr);
+    parse_l4(skb, &il, IPPROTO_ICMPV6, ICMPV6_ECHO_REQUEST, ICMPV6_ECHO_REPLY);
+    if (il.kind != L4_PORTS)
+        return TC_ACT_OK;
+    __builtin_memcpy(fk.saddr, &in.daddr, 16);
+    __builtin_memcpy(fk.daddr, &in.saddr, 16);
+    fk.sport = il.dport;
+    fk.dport = il.sport;
+    fk.proto = il.proto;
+    e = map_lookup(ferry_nat_fwd6, &fk);
+    if (!e)
+        return TC_ACT_OK;
+    diff = bpf_csum_diff((__u32 *)&in.daddr, 16, e->addr, 16, 0);
+    if (diff < 0)
+        goto drop;
+    inner_csum = l4_csum_off(&il);
+    /* The quoted L4 checksum: the quoted destination address (its pseudo-header), then the
+     * port; the quoted address as the ICMPv6 checksum's payload. */
+    if (icmp_quote_csum(skb, icmp_csum, inner_csum, 0, diff, l4_csum_flags(&il)) < 0 ||
+        icmp_quote_csum(skb, icmp_csum, inner_csum, il.dport, e->port,
+                        l4_csum_flags(&il) | 2) < 0 ||
+        icmp_quote_store(skb, icmp_csum, il.off + 2, il.dport, e->port, 2) < 0 ||
+        bpf_l4_csum_replace(skb, icmp_csum, 0, diff, 0) < 0 ||
+        bpf_skb_store_bytes(skb, quote + offsetof(struct ipv6hdr, daddr), e->addr, 16, 0) < 0)
+        goto drop;
+    if (!ip6_eq(p->saddr, cfg->node_ip6)) {
+        diff = bpf_csum_diff(p->saddr, 16, cfg->node_ip6, 16, 0);
+        if (diff < 0 || csum_pseudo6(skb, icmp_csum, diff, 0) < 0 ||
+            bpf_skb_store_bytes(skb, IP6_SRC_OFF, cfg->node_ip6, 16, 0) < 0)
+            goto drop;
+    }
+    count(STAT_ICMP_ERROR);
+    return TC_ACT_OK;
+drop:
+    count(STAT_DROP_REWRITE);
+    return TC_ACT_SHOT;
 }
 
 static __always_inline int snat6_in(struct __sk_buff *skb)
