@@ -890,6 +890,27 @@ static __always_inline int icmp6_is_error(struct __sk_buff *skb, struct pkt6 *p)
     return type >= ICMPV6_DEST_UNREACH && type <= ICMPV6_PARAMPROB;
 }
 
+/* The L4 header of an ICMPv6 error's quoted datagram, `next` at `off` after its IPv6 header:
+ * behind a fragment header when the quote is of a first fragment (the node's packet too big
+ * about a fragment larger than the pod's MTU); a later fragment's has none (L4_OTHER). */
+static __always_inline void quote6_l4(struct __sk_buff *skb, struct l4 *il, __u8 next,
+                                      __u32 off)
+{
+    struct ferry_frag6_hdr fh;
+
+    il->kind = L4_OTHER;
+    if (next == IPPROTO_FRAGMENT) {
+        if (bpf_skb_load_bytes(skb, off, &fh, sizeof(fh)) < 0 ||
+            (fh.frag_off & bpf_htons(0xfff8)))
+            return;
+        next = fh.nexthdr;
+        off += sizeof(fh);
+    }
+    il->proto = next;
+    il->off = off;
+    parse_l4(skb, il, IPPROTO_ICMPV6, ICMPV6_ECHO_REQUEST, ICMPV6_ECHO_REPLY);
+}
+
 /* icmp_err4_eg for ICMPv6: an error that a pod, or the node forwarding to it, sends about a
  * datagram the SNAT translated inbound. The quoted destination address goes back to the node
  * IP (a change the quoted L4 checksum sees through its pseudo-header and the ICMPv6 one as
@@ -910,9 +931,7 @@ static __always_inline int icmp_err6_eg(struct __sk_buff *skb, struct pkt6 *p)
     if (!snat_cfg_ok(cfg) || ip6_zero(cfg->node_ip6) ||
         bpf_skb_load_bytes(skb, quote, &in, sizeof(in)) < 0)
         return TC_ACT_OK;
-    il.proto = in.nexthdr;
-    il.off = quote + sizeof(struct ipv6hdr);
-    parse_l4(skb, &il, IPPROTO_ICMPV6, ICMPV6_ECHO_REQUEST, ICMPV6_ECHO_REPLY);
+    quote6_l4(skb, &il, in.nexthdr, quote + sizeof(struct ipv6hdr));
     if (il.kind != L4_PORTS)
         return TC_ACT_OK;
     __builtin_memcpy(fk.saddr, &in.daddr, 16);

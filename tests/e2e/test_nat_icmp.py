@@ -266,9 +266,9 @@ def test_4000_byte_udp_each_way_over_ipv6_in_fragments(dp: DataplaneNode) -> Non
     pod = dp.add_pod("frag6")
     node = dp.node
     # ext fragments for the pod's MTU (1400) itself: IPv6 routers do not fragment, so with
-    # 1500 the node would answer packet too big about the translated reply, an ICMPv6 error
-    # about an inbound NATed flow, which only iptables translates back to the node's address
-    # so far (the README's limits).
+    # 1500 the node would answer packet too big about the translated reply's first fragment
+    # (test_the_nodes_packet_too_big_about_a_fragment_of_an_inbound_flow_reaches_ext) and
+    # that datagram would be lost.
     node.ext.ip("link", "set", "ext0", "mtu", "1400")
     got = big_udp_echoed(dp, pod, node.ext_ip6, 7402)
     assert got == "3", f"4,000-byte IPv6 datagrams lost (echoed back: {got} of 3)"
@@ -326,7 +326,8 @@ def quoted():
             if pkt[6] != 58 or pkt[40] not in (1, 2, 3, 4): continue
             msg = pkt[40:40 + int.from_bytes(pkt[4:6], "big")]
             inner, pseudo = msg[8:], pkt[8:40] + struct.pack("!IxxxB", len(msg), 58)
-            src, dst, udp, ok = inner[8:24], inner[24:40], inner[40:], fold(pseudo + msg)
+            src, dst, ok = inner[8:24], inner[24:40], fold(pseudo + msg)
+            udp = inner[48:] if inner[6] == 44 else inner[40:]  # after a fragment header
         else:
             ihl = (pkt[0] & 15) * 4
             if pkt[9] != 1 or pkt[ihl] not in (3, 11, 12): continue
@@ -397,4 +398,13 @@ def test_the_nodes_packet_too_big_about_an_inbound_flow_reaches_ext_translated(
     # translated datagram, answers frag needed (IPv4, DF: UDP's default path MTU discovery)
     # or packet too big (IPv6) about it, quoting the pod's address and port.
     out = inbound_flow_error(dp, family, "toobig-in", 7404, 1450)
+    assert (out["error"], out.get("mtu")) == ("EMSGSIZE", 1400), out
+
+
+def test_the_nodes_packet_too_big_about_a_fragment_of_an_inbound_flow_reaches_ext(
+        dp: DataplaneNode) -> None:
+    # 4,000 bytes leave ext in fragments of its MTU (1500): the node's packet too big about
+    # the first one quotes a fragment header before the UDP header. (IPv4 has no such case:
+    # a datagram fragmented by its sender goes without DF, and the node fragments it again.)
+    out = inbound_flow_error(dp, 6, "toobig-frag", 7405, 4000)
     assert (out["error"], out.get("mtu")) == ("EMSGSIZE", 1400), out
