@@ -11,7 +11,8 @@
  * that a packet of an established flow writes nothing shared (per-CPU counters only).
  * ICMP errors about a NATed flow (IPv4 unreachable / time exceeded, ICMPv6 unreachable / packet
  * too big / time exceeded) are translated back to the pod: the outer destination and the quoted
- * header, with all their checksums. Fragments follow their first fragment's translation
+ * header, with all their checksums; those a pod or the node sends about an inbound NATed flow
+ * go out with the quote as the remote sent it and the node IP as source. Fragments follow their first fragment's translation
  * through ferry_frag4 / ferry_frag6 (keyed by addresses, IP id or the IPv6 fragment header's
  * identification, and protocol), both directions.
  * The families differ only in their addresses (maps, L3 checksum); ports, echo ids, the L4
