@@ -12,9 +12,9 @@
  * ICMP errors about a NATed flow (IPv4 unreachable / time exceeded, ICMPv6 unreachable / packet
  * too big / time exceeded) are translated back to the pod: the outer destination and the quoted
  * header, with all their checksums; those a pod or the node sends about an inbound NATed flow
- * go out with the quote as the remote sent it and the node IP as source. Fragments follow their first fragment's translation
- * through ferry_frag4 / ferry_frag6 (keyed by addresses, IP id or the IPv6 fragment header's
- * identification, and protocol), both directions.
+ * go out with the quote as the remote sent it and the node IP as source. Fragments follow their
+ * first fragment's translation through ferry_frag4 / ferry_frag6 (keyed by addresses, IP id or
+ * the IPv6 fragment header's identification, and protocol), both directions.
  * The families differ only in their addresses (maps, L3 checksum); ports, echo ids, the L4
  * checksum of the port and the port choice are shared helpers on struct l4. */
 #include "common.h"
@@ -821,6 +821,25 @@ static __always_inline int snat6_eg(struct __sk_buff *skb)
     return TC_ACT_OK;
 }
 
+/* The quoted datagram of an ICMPv6 error: the address at addr_off becomes `addr`, a change
+ * `diff` to the quoted L4 checksum's pseudo-header, and the port or echo id at port_off goes
+ * from `from` to `to`, with that checksum; the ICMPv6 checksum follows each change (the quote
+ * is its payload). */
+static __always_inline int icmp_quote6(struct __sk_buff *skb, __u32 icmp_csum, struct l4 *il,
+                                       __u32 addr_off, __u32 *addr, __s64 diff,
+                                       __u32 port_off, __u16 from, __u16 to)
+{
+    __u32 inner_csum = l4_csum_off(il);
+
+    if (icmp_quote_csum(skb, icmp_csum, inner_csum, 0, diff, l4_csum_flags(il)) < 0 ||
+        icmp_quote_csum(skb, icmp_csum, inner_csum, from, to, l4_csum_flags(il) | 2) < 0 ||
+        icmp_quote_store(skb, icmp_csum, port_off, from, to, 2) < 0 ||
+        bpf_l4_csum_replace(skb, icmp_csum, 0, diff, 0) < 0 ||
+        bpf_skb_store_bytes(skb, addr_off, addr, 16, 0) < 0)
+        return -1;
+    return 0;
+}
+
 /* icmp_err4_in for ICMPv6 (destination unreachable, packet too big, time exceeded, parameter
  * problem). Every checksum involved covers the addresses through a pseudo-header: the outer
  * ICMPv6 one the outer destination, the quoted L4 one (TCP, UDP or ICMPv6 echo) the quoted
@@ -834,7 +853,6 @@ static __always_inline int icmp_err6_in(struct __sk_buff *skb, struct pkt6 *p,
     struct nat_entry6 *e;
     __u32 quote = p->l4.off + sizeof(struct icmp6hdr);
     __u32 icmp_csum = p->l4.off + offsetof(struct icmp6hdr, icmp6_cksum);
-    __u32 inner_csum;
     __s64 diff;
 
     if (bpf_skb_load_bytes(skb, quote, &in, sizeof(in)) < 0 ||
@@ -860,18 +878,10 @@ static __always_inline int icmp_err6_in(struct __sk_buff *skb, struct pkt6 *p,
     diff = bpf_csum_diff(cfg->node_ip6, 16, e->addr, 16, 0);
     if (diff < 0)
         goto drop;
-    inner_csum = l4_csum_off(&il);
-    /* The quoted L4 checksum: the quoted source address (its pseudo-header), then the port. */
-    if (icmp_quote_csum(skb, icmp_csum, inner_csum, 0, diff, l4_csum_flags(&il)) < 0 ||
-        icmp_quote_csum(skb, icmp_csum, inner_csum, il.sport, e->port,
-                        l4_csum_flags(&il) | 2) < 0 ||
-        icmp_quote_store(skb, icmp_csum, il.kind == L4_PORTS ? il.off :
-                         il.off + offsetof(struct icmphdr, un.echo.id), il.sport, e->port,
-                         2) < 0)
-        goto drop;
-    /* The quoted source address as payload, then the outer destination (pseudo-header). */
-    if (bpf_l4_csum_replace(skb, icmp_csum, 0, diff, 0) < 0 ||
-        bpf_skb_store_bytes(skb, quote + offsetof(struct ipv6hdr, saddr), e->addr, 16, 0) < 0 ||
+    /* The quoted source address and port, then the outer destination (pseudo-header). */
+    if (icmp_quote6(skb, icmp_csum, &il, quote + offsetof(struct ipv6hdr, saddr), e->addr, diff,
+                    il.kind == L4_PORTS ? il.off :
+                    il.off + offsetof(struct icmphdr, un.echo.id), il.sport, e->port) < 0 ||
         csum_pseudo6(skb, icmp_csum, diff, 0) < 0 ||
         bpf_skb_store_bytes(skb, IP6_DST_OFF, e->addr, 16, 0) < 0)
         goto drop;
@@ -926,7 +936,6 @@ static __always_inline int icmp_err6_eg(struct __sk_buff *skb, struct pkt6 *p)
     struct nat_config *cfg = nat_cfg();
     __u32 quote = p->l4.off + sizeof(struct icmp6hdr);
     __u32 icmp_csum = p->l4.off + offsetof(struct icmp6hdr, icmp6_cksum);
-    __u32 inner_csum;
     __s64 diff;
 
     if (!snat_cfg_ok(cfg) || ip6_zero(cfg->node_ip6) ||
@@ -946,15 +955,8 @@ static __always_inline int icmp_err6_eg(struct __sk_buff *skb, struct pkt6 *p)
     diff = bpf_csum_diff((__u32 *)&in.daddr, 16, e->addr, 16, 0);
     if (diff < 0)
         goto drop;
-    inner_csum = l4_csum_off(&il);
-    /* The quoted L4 checksum: the quoted destination address (its pseudo-header), then the
-     * port; the quoted address as the ICMPv6 checksum's payload. */
-    if (icmp_quote_csum(skb, icmp_csum, inner_csum, 0, diff, l4_csum_flags(&il)) < 0 ||
-        icmp_quote_csum(skb, icmp_csum, inner_csum, il.dport, e->port,
-                        l4_csum_flags(&il) | 2) < 0 ||
-        icmp_quote_store(skb, icmp_csum, il.off + 2, il.dport, e->port, 2) < 0 ||
-        bpf_l4_csum_replace(skb, icmp_csum, 0, diff, 0) < 0 ||
-        bpf_skb_store_bytes(skb, quote + offsetof(struct ipv6hdr, daddr), e->addr, 16, 0) < 0)
+    if (icmp_quote6(skb, icmp_csum, &il, quote + offsetof(struct ipv6hdr, daddr), e->addr, diff,
+                    il.off + 2, il.dport, e->port) < 0)
         goto drop;
     if (!ip6_eq(p->saddr, cfg->node_ip6)) {
         diff = bpf_csum_diff(p->saddr, 16, cfg->node_ip6, 16, 0);
