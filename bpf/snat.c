@@ -11,9 +11,10 @@
  * that a packet of an established flow writes nothing shared (per-CPU counters only).
  * ICMP errors about a NATed flow (IPv4 unreachable / time exceeded, ICMPv6 unreachable / packet
  * too big / time exceeded) are translated back to the pod: the outer destination and the quoted
- * header, with all their checksums. Fragments follow their first fragment's translation
- * through ferry_frag4 / ferry_frag6 (keyed by addresses, IP id or the IPv6 fragment header's
- * identification, and protocol), both directions.
+ * header, with all their checksums; those a pod or the node sends about an inbound NATed flow
+ * go out with the quote as the remote sent it and the node IP as source. Fragments follow their
+ * first fragment's translation through ferry_frag4 / ferry_frag6 (keyed by addresses, IP id or
+ * the IPv6 fragment header's identification, and protocol), both directions.
  * The families differ only in their addresses (maps, L3 checksum); ports, echo ids, the L4
  * checksum of the port and the port choice are shared helpers on struct l4. */
 #include "common.h"
@@ -819,6 +820,9 @@ static __always_inline int snat6_wanted(struct pkt6 *p)
     return !map_lookup(ferry_snat_ex6, &lk);
 }
 
+static __always_inline int icmp6_is_error(struct __sk_buff *skb, struct pkt6 *p);
+static __always_inline int icmp_err6_eg(struct __sk_buff *skb, struct pkt6 *p);
+
 static __always_inline int snat6_eg(struct __sk_buff *skb)
 {
     struct pkt6 p = {};
@@ -829,9 +833,13 @@ static __always_inline int snat6_eg(struct __sk_buff *skb)
     __u64 now;
     __u8 flags;
 
-    /* Only TCP, UDP and echo requests: NDP, MLD and ICMPv6 errors pass untouched. */
-    if (parse6(skb, &p) < 0 || (!snat_kind(&p.l4) && p.frag != FRAG_LATER))
+    /* Only TCP, UDP and echo requests, and ICMPv6 errors about an inbound NATed flow: NDP,
+     * MLD and the rest pass untouched. */
+    if (parse6(skb, &p) < 0)
         return TC_ACT_OK;
+    if (!snat_kind(&p.l4) && p.frag != FRAG_LATER)
+        return p.frag == FRAG_NONE && icmp6_is_error(skb, &p) ? icmp_err6_eg(skb, &p) :
+                                                                TC_ACT_OK;
     cfg = nat_cfg();
     if (!snat_cfg_ok(cfg) || ip6_zero(cfg->node_ip6))
         return TC_ACT_OK;
@@ -874,6 +882,25 @@ static __always_inline int snat6_eg(struct __sk_buff *skb)
     return TC_ACT_OK;
 }
 
+/* The quoted datagram of an ICMPv6 error: the address at addr_off becomes `addr`, a change
+ * `diff` to the quoted L4 checksum's pseudo-header, and the port or echo id at port_off goes
+ * from `from` to `to`, with that checksum; the ICMPv6 checksum follows each change (the quote
+ * is its payload). */
+static __always_inline int icmp_quote6(struct __sk_buff *skb, __u32 icmp_csum, struct l4 *il,
+                                       __u32 addr_off, __u32 *addr, __s64 diff,
+                                       __u32 port_off, __u16 from, __u16 to)
+{
+    __u32 inner_csum = l4_csum_off(il);
+
+    if (icmp_quote_csum(skb, icmp_csum, inner_csum, 0, diff, l4_csum_flags(il)) < 0 ||
+        icmp_quote_csum(skb, icmp_csum, inner_csum, from, to, l4_csum_flags(il) | 2) < 0 ||
+        icmp_quote_store(skb, icmp_csum, port_off, from, to, 2) < 0 ||
+        bpf_l4_csum_replace(skb, icmp_csum, 0, diff, 0) < 0 ||
+        bpf_skb_store_bytes(skb, addr_off, addr, 16, 0) < 0)
+        return -1;
+    return 0;
+}
+
 /* icmp_err4_in for ICMPv6 (destination unreachable, packet too big, time exceeded, parameter
  * problem). Every checksum involved covers the addresses through a pseudo-header: the outer
  * ICMPv6 one the outer destination, the quoted L4 one (TCP, UDP or ICMPv6 echo) the quoted
@@ -887,7 +914,6 @@ static __always_inline int icmp_err6_in(struct __sk_buff *skb, struct pkt6 *p,
     struct nat_entry6 *e;
     __u32 quote = p->l4.off + sizeof(struct icmp6hdr);
     __u32 icmp_csum = p->l4.off + offsetof(struct icmp6hdr, icmp6_cksum);
-    __u32 inner_csum;
     __s64 diff;
 
     if (bpf_skb_load_bytes(skb, quote, &in, sizeof(in)) < 0 ||
@@ -913,18 +939,10 @@ static __always_inline int icmp_err6_in(struct __sk_buff *skb, struct pkt6 *p,
     diff = bpf_csum_diff(cfg->node_ip6, 16, e->addr, 16, 0);
     if (diff < 0)
         goto drop;
-    inner_csum = l4_csum_off(&il);
-    /* The quoted L4 checksum: the quoted source address (its pseudo-header), then the port. */
-    if (icmp_quote_csum(skb, icmp_csum, inner_csum, 0, diff, l4_csum_flags(&il)) < 0 ||
-        icmp_quote_csum(skb, icmp_csum, inner_csum, il.sport, e->port,
-                        l4_csum_flags(&il) | 2) < 0 ||
-        icmp_quote_store(skb, icmp_csum, il.kind == L4_PORTS ? il.off :
-                         il.off + offsetof(struct icmphdr, un.echo.id), il.sport, e->port,
-                         2) < 0)
-        goto drop;
-    /* The quoted source address as payload, then the outer destination (pseudo-header). */
-    if (bpf_l4_csum_replace(skb, icmp_csum, 0, diff, 0) < 0 ||
-        bpf_skb_store_bytes(skb, quote + offsetof(struct ipv6hdr, saddr), e->addr, 16, 0) < 0 ||
+    /* The quoted source address and port, then the outer destination (pseudo-header). */
+    if (icmp_quote6(skb, icmp_csum, &il, quote + offsetof(struct ipv6hdr, saddr), e->addr, diff,
+                    il.kind == L4_PORTS ? il.off :
+                    il.off + offsetof(struct icmphdr, un.echo.id), il.sport, e->port) < 0 ||
         csum_pseudo6(skb, icmp_csum, diff, 0) < 0 ||
         bpf_skb_store_bytes(skb, IP6_DST_OFF, e->addr, 16, 0) < 0)
         goto drop;
@@ -942,6 +960,76 @@ static __always_inline int icmp6_is_error(struct __sk_buff *skb, struct pkt6 *p)
     if (p->l4.proto != IPPROTO_ICMPV6 || bpf_skb_load_bytes(skb, p->l4.off, &type, 1) < 0)
         return 0;
     return type >= ICMPV6_DEST_UNREACH && type <= ICMPV6_PARAMPROB;
+}
+
+/* The L4 header of an ICMPv6 error's quoted datagram, `next` at `off` after its IPv6 header:
+ * behind a fragment header when the quote is of a first fragment (the node's packet too big
+ * about a fragment larger than the pod's MTU); a later fragment's has none (L4_OTHER). */
+static __always_inline void quote6_l4(struct __sk_buff *skb, struct l4 *il, __u8 next,
+                                      __u32 off)
+{
+    struct ferry_frag6_hdr fh;
+
+    il->kind = L4_OTHER;
+    if (next == IPPROTO_FRAGMENT) {
+        if (bpf_skb_load_bytes(skb, off, &fh, sizeof(fh)) < 0 ||
+            (fh.frag_off & bpf_htons(0xfff8)))
+            return;
+        next = fh.nexthdr;
+        off += sizeof(fh);
+    }
+    il->proto = next;
+    il->off = off;
+    parse_l4(skb, il, IPPROTO_ICMPV6, ICMPV6_ECHO_REQUEST, ICMPV6_ECHO_REPLY);
+}
+
+/* icmp_err4_eg for ICMPv6: an error that a pod, or the node forwarding to it, sends about a
+ * datagram the SNAT translated inbound. The quoted destination address goes back to the node
+ * IP (a change the quoted L4 checksum sees through its pseudo-header and the ICMPv6 one as
+ * payload) and the quoted destination port to the NAT port; a pod's outer source to the node
+ * IP (the ICMPv6 checksum's pseudo-header). Anything else as it is. */
+static __always_inline int icmp_err6_eg(struct __sk_buff *skb, struct pkt6 *p)
+{
+    struct ipv6hdr in;
+    struct l4 il = {};
+    struct nat_tuple6 fk = {};
+    struct nat_entry6 *e;
+    struct nat_config *cfg = nat_cfg();
+    __u32 quote = p->l4.off + sizeof(struct icmp6hdr);
+    __u32 icmp_csum = p->l4.off + offsetof(struct icmp6hdr, icmp6_cksum);
+    __s64 diff;
+
+    if (!snat_cfg_ok(cfg) || ip6_zero(cfg->node_ip6) ||
+        bpf_skb_load_bytes(skb, quote, &in, sizeof(in)) < 0)
+        return TC_ACT_OK;
+    quote6_l4(skb, &il, in.nexthdr, quote + sizeof(struct ipv6hdr));
+    if (il.kind != L4_PORTS)
+        return TC_ACT_OK;
+    __builtin_memcpy(fk.saddr, &in.daddr, 16);
+    __builtin_memcpy(fk.daddr, &in.saddr, 16);
+    fk.sport = il.dport;
+    fk.dport = il.sport;
+    fk.proto = il.proto;
+    e = map_lookup(ferry_nat_fwd6, &fk);
+    if (!e)
+        return TC_ACT_OK;
+    diff = bpf_csum_diff((__u32 *)&in.daddr, 16, e->addr, 16, 0);
+    if (diff < 0)
+        goto drop;
+    if (icmp_quote6(skb, icmp_csum, &il, quote + offsetof(struct ipv6hdr, daddr), e->addr, diff,
+                    il.off + 2, il.dport, e->port) < 0)
+        goto drop;
+    if (!ip6_eq(p->saddr, cfg->node_ip6)) {
+        diff = bpf_csum_diff(p->saddr, 16, cfg->node_ip6, 16, 0);
+        if (diff < 0 || csum_pseudo6(skb, icmp_csum, diff, 0) < 0 ||
+            bpf_skb_store_bytes(skb, IP6_SRC_OFF, cfg->node_ip6, 16, 0) < 0)
+            goto drop;
+    }
+    count(STAT_ICMP_ERROR);
+    return TC_ACT_OK;
+drop:
+    count(STAT_DROP_REWRITE);
+    return TC_ACT_SHOT;
 }
 
 static __always_inline int snat6_in(struct __sk_buff *skb)

@@ -13,6 +13,7 @@ import contextlib
 import json
 import subprocess
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from dataplane_support import MODES, DataplaneNode, dataplane_node
@@ -103,13 +104,23 @@ def test_path_mtu_discovery_through_the_snat_1mb_df_transfer(dp: DataplaneNode,
         assert f"mtu {PATH_MTU}" in pod.ns.ip(f"-{family}", "route", "get", ip)
 
 
+# The ones' complement sum of the scripts below that check checksums (0xFFFF: it holds).
+FOLD = r"""
+import struct
+def fold(b):
+    b += b"\0" * (len(b) % 2); s = sum(struct.unpack(f"!{len(b) // 2}H", b))
+    while s >> 16: s = (s & 0xFFFF) + (s >> 16)
+    return s
+"""
+
+
 # A traceroute from the pod with UDP probes (IP_RECVERR): TTL 2 expires at ext (the first hop,
 # the node, forwards it), TTL 64 at far's closed port; then a datagram too big for the path
 # with DF (1,300 bytes: over the path's 1,280, within the pod's 1,400). Each error is taken
 # from the socket's error queue, which the kernel fills only when the quoted header names this
 # socket (the pod's address and port) and the checksums hold; a packet socket on eth0 shows
 # the quoted source as it arrived. Prints one JSON object.
-TRACE = r"""
+TRACE = FOLD + r"""
 import json, socket, struct, sys
 ip, port = sys.argv[1], 33434
 v6 = ":" in ip
@@ -139,10 +150,6 @@ def error():
             errno_, origin, typ, code, _, info, _ = struct.unpack_from("IBBBBII", data)
             off = socket.inet_ntop(fam, data[20:24] if not v6 else data[24:40])
             return {"type": typ, "code": code, "info": info, "from": off}
-def fold(b):
-    b += b"\0" * (len(b) % 2); s = sum(struct.unpack(f"!{len(b) // 2}H", b))
-    while s >> 16: s = (s & 0xFFFF) + (s >> 16)
-    return s
 def quoted():
     # The ICMP error as it arrived on eth0: the quoted datagram's source address and port, and
     # whether the checksums hold (ICMP's, with ICMPv6's pseudo-header; the quoted IPv4
@@ -259,55 +266,145 @@ def test_4000_byte_udp_each_way_over_ipv6_in_fragments(dp: DataplaneNode) -> Non
     pod = dp.add_pod("frag6")
     node = dp.node
     # ext fragments for the pod's MTU (1400) itself: IPv6 routers do not fragment, so with
-    # 1500 the node would answer packet too big about the translated reply, an ICMPv6 error
-    # about an inbound NATed flow, which only iptables translates back to the node's address
-    # so far (the README's limits).
+    # 1500 the node would answer packet too big about the translated reply's first fragment
+    # (test_the_nodes_packet_too_big_about_a_fragment_of_an_inbound_flow_reaches_ext) and
+    # that datagram would be lost.
     node.ext.ip("link", "set", "ext0", "mtu", "1400")
     got = big_udp_echoed(dp, pod, node.ext_ip6, 7402)
     assert got == "3", f"4,000-byte IPv6 datagrams lost (echoed back: {got} of 3)"
 
 
 # ext's side of an inbound flow that the pod has closed: learn the node's address and port
-# from the pod's datagram, then (on "go") send back to it on a connected socket and say
-# whether the pod's port unreachable came back as ECONNREFUSED (it matches the socket only
-# if its quote shows what ext sent: to the node IP and NAT port, from ext's port).
-CLOSED_PEER = r"""
-import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((sys.argv[1], int(sys.argv[2])))
+# from the pod's datagram, then (on "go") send `size` bytes back to it on a connected socket.
+# Prints one JSON object: the node's address and port, the error the socket got ("refused"
+# for the pod's port unreachable, "EMSGSIZE" for the node's frag needed / packet too big, with
+# the path MTU learnt for the node IP), and the ICMP error as it arrived on ext0 (the quoted
+# datagram's addresses and ports, and whether the checksums hold: the ICMP one, with ICMPv6's
+# pseudo-header; the quoted UDP one when the quote holds the whole datagram; the quoted IPv4
+# header's). The socket sees the error only if the quote shows what ext sent: to the node IP
+# and NAT port, from ext's port.
+CLOSED_PEER = FOLD + r"""
+import errno, json, socket, struct, sys
+ip, port, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+v6 = ":" in ip
+fam = socket.AF_INET6 if v6 else socket.AF_INET
+s = socket.socket(fam, socket.SOCK_DGRAM)
+s.bind((ip, port))
+cap = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x86DD if v6 else 0x0800))
+cap.bind(("ext0", 0)); cap.settimeout(5)
 print("ready", flush=True)
 _, peer = s.recvfrom(100)
 print(peer[0], flush=True)
 sys.stdin.readline()
-s.connect(peer); s.settimeout(3)
+s.connect(peer[:2]); s.settimeout(3)
+out = {"node": list(peer[:2]), "error": None}
 for _ in range(3):
-    s.send(b"late")
+    s.send(b"x" * size)
     try:
         s.recv(100)
     except ConnectionRefusedError:
-        print("refused", flush=True); break
+        out["error"] = "refused"; break
     except socket.timeout:
         pass
-else:
-    print("no error", flush=True)
+    except OSError as e:
+        # IPV6_MTU / IP_MTU: the path MTU the kernel learnt for the node IP
+        out["error"] = errno.errorcode[e.errno]
+        out["mtu"] = s.getsockopt(*((socket.IPPROTO_IPV6, 24) if v6 else (socket.IPPROTO_IP, 14)))
+        break
+def udp_ok(src, dst, udp):
+    n = int.from_bytes(udp[4:6], "big")
+    if len(udp) < n: return None  # the quote ends before the datagram does
+    return fold(src + dst + (struct.pack("!IxxxB", n, 17) if v6 else struct.pack("!xBH", 17, n))
+                + udp[:n]) == 0xFFFF
+def quoted():
+    while True:
+        try:
+            pkt = cap.recv(4096)
+        except socket.timeout:
+            return None
+        if v6:
+            if pkt[6] != 58 or pkt[40] not in (1, 2, 3, 4): continue
+            msg = pkt[40:40 + int.from_bytes(pkt[4:6], "big")]
+            inner, pseudo = msg[8:], pkt[8:40] + struct.pack("!IxxxB", len(msg), 58)
+            src, dst, ok = inner[8:24], inner[24:40], fold(pseudo + msg)
+            udp = inner[48:] if inner[6] == 44 else inner[40:]  # after a fragment header
+        else:
+            ihl = (pkt[0] & 15) * 4
+            if pkt[9] != 1 or pkt[ihl] not in (3, 11, 12): continue
+            msg = pkt[ihl:int.from_bytes(pkt[2:4], "big")]
+            inner = msg[8:]
+            iihl = (inner[0] & 15) * 4
+            src, dst, udp = inner[12:16], inner[16:20], inner[iihl:]
+            ok = fold(msg) if fold(inner[:iihl]) == 0xFFFF else 0
+        return {"src": socket.inet_ntop(fam, src), "sport": int.from_bytes(udp[0:2], "big"),
+                "dst": socket.inet_ntop(fam, dst), "dport": int.from_bytes(udp[2:4], "big"),
+                "csum": ok == 0xFFFF, "udp_csum": udp_ok(src, dst, udp)}
+out["quoted"] = quoted()
+print(json.dumps(out), flush=True)
 """
 
 
-def test_a_pods_port_unreachable_about_an_inbound_flow_reaches_ext_translated(
-        dp: DataplaneNode) -> None:
-    pod = dp.add_pod("unreach-in")
+def inbound_flow_error(dp: DataplaneNode, family: int, name: str, port: int,
+                       size: int) -> dict[str, Any]:
+    """What CLOSED_PEER in ext saw after sending `size` bytes back to a pod that sent it one
+    datagram (SNATed) and closed its socket; checks the quote names what ext sent."""
+    pod = dp.add_pod(name)
     node = dp.node
-    peer = node.ext.popen("python3", "-c", CLOSED_PEER, node.ext_ip4, "7403",
+    # Checksum offloads off on every hop (as test_snat6's test_checksums_hold_without_offloads):
+    # each sender computes full checksums, each receiver verifies them, and the quoted UDP
+    # checksum is the one ext computed, not a partial sum a veth passes along unfinished.
+    host_veth = pod.result["interfaces"][0]["name"]
+    for ns, dev in ((pod.ns, "eth0"), (node.ns, host_veth), (node.ns, "uplink0"),
+                    (node.ext, "ext0")):
+        ns.run("ethtool", "-K", dev, "tx", "off", "rx", "off")
+    ext_ip = node.ext_ip4 if family == 4 else node.ext_ip6
+    node_ip = node.node_ip4 if family == 4 else node.node_ip6
+    peer = node.ext.popen("python3", "-c", CLOSED_PEER, ext_ip, str(port), str(size),
                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert peer.stdout is not None and peer.stdin is not None
         assert peer.stdout.readline().strip() == "ready"
-        pod.ns.run("python3", "-c", "import socket,sys; c=socket.socket(socket.AF_INET, "
-                   "socket.SOCK_DGRAM); c.sendto(b'x', (sys.argv[1], 7403)); c.close()",
-                   node.ext_ip4)
-        assert peer.stdout.readline().strip() == node.node_ip4  # SNATed
+        pod.ns.run("python3", "-c", "import socket,sys; c=socket.socket(socket.AF_INET6 if "
+                   "':' in sys.argv[1] else socket.AF_INET, socket.SOCK_DGRAM); "
+                   "c.sendto(b'x', (sys.argv[1], int(sys.argv[2]))); c.close()",
+                   ext_ip, str(port))
+        assert peer.stdout.readline().strip() == node_ip  # SNATed
         peer.stdin.write("go\n")
         peer.stdin.flush()
-        assert peer.stdout.readline().strip() == "refused"
+        out: dict[str, Any] = json.loads(peer.stdout.readline())
     finally:
         peer.kill()
         peer.wait()
+    nat_port = out["node"][1]
+    quoted = out["quoted"]
+    assert quoted is not None, f"no ICMP error reached ext: {out}"
+    assert {k: quoted[k] for k in ("src", "sport", "dst", "dport", "csum")} == {
+        "src": ext_ip, "sport": port, "dst": node_ip, "dport": nat_port, "csum": True}, out
+    return out
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_a_pods_port_unreachable_about_an_inbound_flow_reaches_ext_translated(
+        dp: DataplaneNode, family: int) -> None:
+    out = inbound_flow_error(dp, family, "unreach-in", 7403, 4)
+    assert out["error"] == "refused", out
+    assert out["quoted"]["udp_csum"] is True, out  # the whole datagram is quoted
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_the_nodes_packet_too_big_about_an_inbound_flow_reaches_ext_translated(
+        dp: DataplaneNode, family: int) -> None:
+    # 1,450 bytes fit ext's link (1500) but not the pod's (1400): the node, forwarding the
+    # translated datagram, answers frag needed (IPv4, DF: UDP's default path MTU discovery)
+    # or packet too big (IPv6) about it, quoting the pod's address and port.
+    out = inbound_flow_error(dp, family, "toobig-in", 7404, 1450)
+    assert (out["error"], out.get("mtu")) == ("EMSGSIZE", 1400), out
+
+
+def test_the_nodes_packet_too_big_about_a_fragment_of_an_inbound_flow_reaches_ext(
+        dp: DataplaneNode) -> None:
+    # 4,000 bytes leave ext in fragments of its MTU (1500): the node's packet too big about
+    # the first one quotes a fragment header before the UDP header. (IPv4 has no such case:
+    # a datagram fragmented by its sender goes without DF, and the node fragments it again.)
+    out = inbound_flow_error(dp, 6, "toobig-frag", 7405, 4000)
+    assert (out["error"], out.get("mtu")) == ("EMSGSIZE", 1400), out
