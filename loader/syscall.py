@@ -19,6 +19,10 @@ _libc.syscall.restype = ct.c_long
 
 MAP_CREATE, MAP_LOOKUP_ELEM, MAP_UPDATE_ELEM, MAP_DELETE_ELEM, MAP_GET_NEXT_KEY = 0, 1, 2, 3, 4
 PROG_LOAD, OBJ_PIN, OBJ_GET, PROG_TEST_RUN, OBJ_GET_INFO_BY_FD, BTF_LOAD = 5, 6, 7, 10, 15, 18
+PROG_ATTACH, PROG_DETACH, PROG_GET_FD_BY_ID, PROG_QUERY = 8, 9, 13, 16
+# tcx (kernel 6.6+): a device's own BPF hooks, no qdisc or classifier in between
+TCX_INGRESS, TCX_EGRESS = 46, 47
+BPF_F_REPLACE = 1 << 2
 BPF_ANY, BPF_NOEXIST, BPF_EXIST = 0, 1, 2
 BPF_F_RDONLY = 1 << 3
 PROG_TYPE_SCHED_CLS = 3
@@ -221,6 +225,30 @@ def prog_info(fd: int) -> tuple[int, str]:
     ident = struct.unpack_from("I", info.raw, 4)[0]
     name = info.raw[64:80].split(b"\0", 1)[0].decode()
     return ident, name
+
+
+def prog_attach(ifindex: int, prog_fd: int, attach_type: int, replace_fd: int = 0) -> None:
+    """BPF_PROG_ATTACH to a device hook (tcx); replace_fd: the attached program it replaces in
+    place (BPF_F_REPLACE), so that the hook is never without one."""
+    _call(PROG_ATTACH, _attr(struct.pack("IIIII", ifindex, prog_fd, attach_type,
+                                         BPF_F_REPLACE if replace_fd else 0, replace_fd)))
+
+
+def prog_detach(ifindex: int, prog_fd: int, attach_type: int) -> None:
+    _call(PROG_DETACH, _attr(struct.pack("III", ifindex, prog_fd, attach_type)))
+
+
+def prog_query(ifindex: int, attach_type: int, most: int = 64) -> list[int]:
+    """The ids of the programs attached to a device hook (tcx), in run order."""
+    ids = (ct.c_uint32 * most)()
+    attr = _attr(struct.pack("IIIIQI", ifindex, attach_type, 0, 0, ct.addressof(ids), most))
+    _call(PROG_QUERY, attr)
+    count = struct.unpack_from("I", attr.raw, 24)[0]
+    return list(ids[:count])
+
+
+def prog_fd_by_id(prog_id: int) -> int:
+    return _call(PROG_GET_FD_BY_ID, _attr(struct.pack("I", prog_id)))
 
 
 def map_info(fd: int) -> tuple[int, str, int, int]:

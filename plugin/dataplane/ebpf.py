@@ -293,14 +293,17 @@ def load_node(conf: NetConf, cflags: tuple[str, ...] = ()) -> dict[str, Any]:
                 node_ip6=ip6(node_ip6 or "::"), randomize=RANDOMIZE[conf.randomize_snat],
                 hash_seed=secrets.randbits(32)))
         _fill_exclusions(conf, res.dir)
-        tc.attach(rt, idx, "egress", pins.prog_path(res.dir, "ferry_snat_eg"), "ferry_snat_eg")
-        tc.attach(rt, idx, "ingress", pins.prog_path(res.dir, "ferry_snat_in"), "ferry_snat_in")
+        hook: tc.Hook = "tcx" if conf.tc_attach == "tcx" and tc.tcx_supported() else "clsact"
+        tc.attach(rt, idx, "egress", pins.prog_path(res.dir, "ferry_snat_eg"), "ferry_snat_eg",
+                  hook)
+        tc.attach(rt, idx, "ingress", pins.prog_path(res.dir, "ferry_snat_in"), "ferry_snat_in",
+                  hook)
     synced = resync(Ebpf(), conf)
     summary = {"network": conf.name, "pins": res.dir, "compiled": res.compiled,
                "seconds": round(res.seconds, 4), "hash": res.hash[:16], "uplink": uplink,
                "nodeIP": str(node_ip), "nodeIPv6": str(node_ip6 or ""),
                "snatPorts": f"{low}-{high}", "randomizeSNAT": conf.randomize_snat,
-               "natMaxEntries": conf.nat_max_entries, "carried": res.carried,
+               "natMaxEntries": conf.nat_max_entries, "carried": res.carried, "tcAttach": hook,
                "progIds": res.prog_ids,
                "loader": res.loader, "loaderWhy": res.why,
                "missingFeatures": probes.Features(res.missing).missing_names(),

@@ -21,16 +21,17 @@ def conf(**kw: Any) -> NetConf:
 def test_defaults() -> None:
     c = conf()
     assert c.randomize_snat == "prng" and c.nat_max_entries == 65536
+    assert c.tc_attach == "clsact"  # listed by `tc filter show`; tcx is asked for
     t = c.nat_timeouts
     assert (t.tcp_established, t.tcp_closed, t.udp, t.icmp) == (21600, 10, 120, 30)
 
 
 def test_fields_parse_and_reject() -> None:
-    c = conf(randomizeSNAT="none", natMaxEntries=4096, natTimeouts={"udp": 5})
-    assert c.randomize_snat == "none" and c.nat_max_entries == 4096
+    c = conf(randomizeSNAT="none", natMaxEntries=4096, natTimeouts={"udp": 5}, tcAttach="tcx")
+    assert c.randomize_snat == "none" and c.nat_max_entries == 4096 and c.tc_attach == "tcx"
     assert c.nat_timeouts.udp == 5 and c.nat_timeouts.tcp_closed == 10
     for bad in ({"randomizeSNAT": "random"}, {"natMaxEntries": 10},
-                {"natTimeouts": {"icmp": 0}}):
+                {"natTimeouts": {"icmp": 0}}, {"tcAttach": "xdp"}):
         with pytest.raises(CniError) as e:
             conf(**bad)
         assert e.value.code == 7 and next(iter(bad)) in e.value.msg
