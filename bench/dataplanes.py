@@ -4,12 +4,13 @@ connection, against nginx), TCP stream throughput and 64-byte UDP packets per se
 (iperf3), with 1, 1,000 and 10,000 pods wired.
 
     .venv/bin/python bench/dataplanes.py [--pods 1,1000,10000] [--seconds 5] [--rounds 6]
-                                         [--cost-rounds 4] [--pin 0,1]
+                                         [--cost-rounds 4] [--pin 0,1] [--hook clsact|tcx]
 
 Per mode a simulated node (tests/harness.py, `ferryctl load`), one real pod wired by the
 `ferry` binary, and an 'ext' namespace running nginx (one worker, `return 200`) and iperf3:
   routed    dataplane none, ext routes the pod CIDR back: the pod's own address, no NAT
-  ebpf      ferry_snat_eg/in on the uplink; ext has no route to the pods (every flow SNATed)
+  ebpf      ferry_snat_eg/in on the uplink (--hook: cls_bpf under clsact, the default, or
+            tcx); ext has no route to the pods (every flow SNATed)
   iptables  ferry's nat chains and conntrack; ext has no route to the pods
 The other N-1 "pods" are simulated by what each dataplane holds per pod, installed with the
 dataplane's own attach code in the node's netns, without veths or namespaces: an Attachment per
@@ -164,10 +165,11 @@ def simulate(dp: DataplaneNode, veth: str, count: int) -> float:
 
 
 @contextlib.contextmanager
-def bench_node(mode: str, pods: int) -> Iterator[tuple[DataplaneNode, Netns, float]]:
+def bench_node(mode: str, pods: int, hook: str = "clsact"
+               ) -> Iterator[tuple[DataplaneNode, Netns, float]]:
     plane = "none" if mode == "routed" else mode
     with dataplane_node(plane, ext_routes_pods=mode == "routed", snatPortRange=PORTS,
-                        natMaxEntries=NAT_MAX) as dp:
+                        natMaxEntries=NAT_MAX, tcAttach=hook) as dp:
         pod = dp.add_pod(f"bench-{mode}")
         veth = pod.result["interfaces"][0]["name"]  # type: ignore[index]
         setup = simulate(dp, veth, pods - 1) if pods > 1 else 0.0
@@ -309,6 +311,8 @@ def main() -> None:
     ap.add_argument("--cost-rounds", type=int, default=4,
                     help="extra 64-byte UDP rounds (routed, eBPF) at the first pod count for "
                          "the per-packet cost, BPF_ENABLE_STATS on in eBPF's; 0: none")
+    ap.add_argument("--hook", default="clsact", choices=["clsact", "tcx"],
+                    help="where the eBPF mode's SNAT programs hang on the uplink (tcAttach)")
     ap.add_argument("--pin", default="0,1", help="CPUs of the iperf3 client and server "
                     "(taskset), '' not to pin")
     args = ap.parse_args()
@@ -325,7 +329,8 @@ def main() -> None:
         with contextlib.ExitStack() as stack:
             # routed has no per-pod state: its node is the same at every N, measured again
             # so that each N's ratios come from the same minutes
-            setups = {m: stack.enter_context(bench_node(m, n if m != "routed" else 1))
+            setups = {m: stack.enter_context(bench_node(m, n if m != "routed" else 1,
+                                                        args.hook))
                       for m in MODES}
             setup_s[n] = {m: s[2] for m, s in setups.items()}
             results[n] = interleaved(setups, args.rounds, lambda m, dp, pod: one_round(
@@ -345,7 +350,8 @@ def report(args: argparse.Namespace, counts: list[int],
            costs: dict[str, list[dict[str, float]]],
            setup_s: dict[int, dict[str, float]]) -> None:
     print(f"bench/dataplanes.py --pods {args.pods} --seconds {args.seconds:g} --rounds "
-          f"{args.rounds} --cost-rounds {args.cost_rounds} --pin '{args.pin}'")
+          f"{args.rounds} --cost-rounds {args.cost_rounds} --pin '{args.pin}' --hook "
+          f"{args.hook}")
     print(f"pod -> ext; modes interleaved ABBA, {args.rounds} rounds x {args.seconds:g}s; "
           "figures: median of the rounds; ratios: median [min-max] of per-round ratios;\n"
           "wrk -c32 Connection: close vs nginx; iperf3 TCP 1 stream, UDP 64 B -b 0"
