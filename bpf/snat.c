@@ -37,6 +37,14 @@ static __always_inline void count(__u32 idx)
         c->packets++;
 }
 
+/* An ICMP error's translation: counted, or dropped when a rewrite failed half way (its
+ * checksums no longer hold). */
+static __always_inline int icmp_verdict(int ok)
+{
+    count(ok ? STAT_ICMP_ERROR : STAT_DROP_REWRITE);
+    return ok ? TC_ACT_OK : TC_ACT_SHOT;
+}
+
 /* last_used at most once per NAT_TOUCH_NS: a read, not a write, for most packets. */
 static __always_inline void touch(__u64 *last_used, __u64 now)
 {
@@ -487,11 +495,9 @@ static __always_inline int icmp_err4_in(struct __sk_buff *skb, struct pkt4 *p,
     if (bpf_l3_csum_replace(skb, IP_CSUM_OFF, node, e->addr, 4) < 0 ||
         bpf_skb_store_bytes(skb, IP_DST_OFF, &e->addr, 4, 0) < 0)
         goto drop;
-    count(STAT_ICMP_ERROR);
-    return TC_ACT_OK;
+    return icmp_verdict(1);
 drop:
-    count(STAT_DROP_REWRITE);
-    return TC_ACT_SHOT;
+    return icmp_verdict(0);
 }
 
 static __always_inline int icmp4_is_error(struct __sk_buff *skb, struct pkt4 *p)
@@ -545,11 +551,9 @@ static __always_inline int icmp_err4_eg(struct __sk_buff *skb, struct pkt4 *p,
     if (p->saddr != node && (bpf_l3_csum_replace(skb, IP_CSUM_OFF, p->saddr, node, 4) < 0 ||
                              bpf_skb_store_bytes(skb, IP_SRC_OFF, &node, 4, 0) < 0))
         goto drop;
-    count(STAT_ICMP_ERROR);
-    return TC_ACT_OK;
+    return icmp_verdict(1);
 drop:
-    count(STAT_DROP_REWRITE);
-    return TC_ACT_SHOT;
+    return icmp_verdict(0);
 }
 
 static __always_inline int snat4_eg(struct __sk_buff *skb)
@@ -946,11 +950,9 @@ static __always_inline int icmp_err6_in(struct __sk_buff *skb, struct pkt6 *p,
         csum_pseudo6(skb, icmp_csum, diff, 0) < 0 ||
         bpf_skb_store_bytes(skb, IP6_DST_OFF, e->addr, 16, 0) < 0)
         goto drop;
-    count(STAT_ICMP_ERROR);
-    return TC_ACT_OK;
+    return icmp_verdict(1);
 drop:
-    count(STAT_DROP_REWRITE);
-    return TC_ACT_SHOT;
+    return icmp_verdict(0);
 }
 
 static __always_inline int icmp6_is_error(struct __sk_buff *skb, struct pkt6 *p)
@@ -1025,11 +1027,9 @@ static __always_inline int icmp_err6_eg(struct __sk_buff *skb, struct pkt6 *p)
             bpf_skb_store_bytes(skb, IP6_SRC_OFF, cfg->node_ip6, 16, 0) < 0)
             goto drop;
     }
-    count(STAT_ICMP_ERROR);
-    return TC_ACT_OK;
+    return icmp_verdict(1);
 drop:
-    count(STAT_DROP_REWRITE);
-    return TC_ACT_SHOT;
+    return icmp_verdict(0);
 }
 
 static __always_inline int snat6_in(struct __sk_buff *skb)
