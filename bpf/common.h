@@ -122,8 +122,11 @@ struct ferry_frag6_hdr {
     __u32 identification;
 };
 
-/* Ports or echo id of l4->proto at l4->off; `icmp` is the family's ICMP protocol with its echo
- * request/reply types. A read failure leaves kind L4_OTHER: the packet is not translated. */
+/* The verifier keeps a bounds check on a packet pointer only if its largest offset plus the
+ * access stays within 64 KiB; headers further in than 16 KiB (none in practice) take the
+ * helper. */
+#define PKT_DIRECT_MAX 0x3fff
+
 /* Read a header into *dst (its type gives the size): straight from the linear part of the skb
  * when it is there, as headers almost always are (plain loads, no helper call), else copied by
  * bpf_skb_load_bytes. Reads only: a direct packet write would make the verifier add a prologue
@@ -135,16 +138,13 @@ struct ferry_frag6_hdr {
     off_ <= PKT_DIRECT_MAX && (void *)(at_ + 1) <= end_                                    \
         ? (*(dst) = *at_, 0) : bpf_skb_load_bytes(skb, off_, dst, sizeof(*(dst))); })
 
-/* The verifier keeps a bounds check on a packet pointer only if its largest offset plus the
- * access stays within 64 KiB; headers further in than 16 KiB (none in practice) take the
- * helper. */
-#define PKT_DIRECT_MAX 0x3fff
-
 struct l4_ports {
     __u16 sport;
     __u16 dport;
 };
 
+/* Ports or echo id of l4->proto at l4->off; `icmp` is the family's ICMP protocol with its echo
+ * request/reply types. A read failure leaves kind L4_OTHER: the packet is not translated. */
 static __always_inline void parse_l4(struct __sk_buff *skb, struct l4 *l4, __u8 icmp,
                                      __u8 echo_req, __u8 echo_reply)
 {

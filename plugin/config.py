@@ -208,7 +208,7 @@ class NetConf(_Model):
     # ("elf"), bcc compiling on the node ("bcc"), or "auto": the objects when present.
     loader: Literal["auto", "elf", "bcc"] = "auto"
     # Where the SNAT programs hang on the uplink (plugin/dataplane/tc.py): "clsact" (cls_bpf
-    # filters, listed by `tc filter show`) or "tcx" (6.6+; ~60 ns less per packet; clsact on
+    # filters, listed by `tc filter show`) or "tcx" (6.6+; ~45 ns less per packet; clsact on
     # an older kernel).
     tc_attach: Literal["clsact", "tcx"] = Field("clsact", alias="tcAttach")
     uplink: str | None = None  # default: the device holding nodeIP, else the default route's
